@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AttentionInterface
 
 from .scoring import Scorer
 from .space import InputSpace
@@ -70,20 +71,15 @@ class _PrefixTree:
         self.steps += 1
         return _cache_tensors(out.past_key_values), self.log_probs(out.logits[:, -1])
 
-    def children(self, kv, depth: int):
-        """Run the V children of n nodes at `depth` (cache length depth+1): log p(grandchild) [n, V, V]."""
+    def children(self, kv, depth: int, keep_cache: bool):
+        """Run the V children of n nodes at `depth` (cache `kv`, length depth+1): log p(grandchild) [n, V, V] and,
+        if `keep_cache`, the children's own keys/values per layer ([n, kv_heads, V, head_dim] each)."""
         n, v = kv[0][0].shape[0], self.ids.numel()
-        past = depth + 1
-        dtype = self.model.dtype
-        mask = torch.full((v, past + v), torch.finfo(dtype).min, dtype=dtype, device=self.device)
-        mask[:, :past] = 0.0
-        mask[:, past:].fill_diagonal_(0.0)
-        out = self.model(
-            input_ids=self.ids.expand(n, v), past_key_values=_make_cache(kv, self.model.config),
-            position_ids=torch.full((n, v), past, device=self.device),
-            attention_mask=mask.expand(n, 1, v, past + v), use_cache=True)
+        new = [] if keep_cache else None
+        out = self.model(input_ids=self.ids.expand(n, v), position_ids=torch.full((1, v), depth + 1, device=self.device),
+                         use_cache=False, tree_past=kv, tree_new=new)
         self.steps += n * v
-        return self.log_probs(out.logits), _cache_tensors(out.past_key_values)
+        return self.log_probs(out.logits), new
 
     def walk(self, kv, lp: torch.Tensor, cum: torch.Tensor, depth: int, offset: int):
         """n nodes at `depth` with cache `kv`, child log-probs `lp` [n, V] and prefix log-prob `cum` [n]."""
@@ -98,13 +94,14 @@ class _PrefixTree:
         for start in range(0, n, chunk):
             sel = slice(start, min(n, start + chunk))
             m = sel.stop - sel.start
-            gc_lp, new_kv = self.children([(k[sel], val[sel]) for k, val in kv], depth)
+            node_kv = [(k[sel], val[sel]) for k, val in kv]
+            last = depth + 2 == length  # grandchildren are leaves: no child cache needed
+            gc_lp, new_kv = self.children(node_kv, depth, keep_cache=not last)
             sub_offset = offset + start * v * per_child
-            if depth + 2 == length:  # grandchildren are leaves: no child cache needed
+            if last:
                 self.emit((child_cum[sel, :, None] + gc_lp).reshape(-1), sub_offset)
                 continue
-            past = depth + 1
-            child_kv = [(_per_child(k, past, v), _per_child(val, past, v)) for k, val in new_kv]
+            child_kv = [(_per_child(pk, k), _per_child(pv, val)) for (pk, pv), (k, val) in zip(node_kv, new_kv)]
             self.walk(child_kv, gc_lp.reshape(m * v, v), child_cum[sel].reshape(-1), depth + 1, sub_offset)
 
     def emit(self, leaf_logprob: torch.Tensor, offset: int):
@@ -113,12 +110,41 @@ class _PrefixTree:
         self.bar.update(n)
 
 
-def _per_child(t: torch.Tensor, past: int, v: int) -> torch.Tensor:
-    """[n, h, past+V, d] with V sibling entries -> [n*V, h, past+1, d], each child with its own entry."""
-    n, h, _, d = t.shape
-    base = t[:, :, :past].repeat_interleave(v, 0)
-    own = t[:, :, past:].transpose(1, 2).reshape(n * v, h, 1, d)
-    return torch.cat([base, own], dim=2)
+def _per_child(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Shared past [n, h, p, d] + the V children's own entries [n, h, V, d] -> [n*V, h, p+1, d]."""
+    n, h, p, d = past.shape
+    v = new.shape[2]
+    return torch.cat([past.repeat_interleave(v, 0), new.transpose(1, 2).reshape(n * v, h, 1, d)], dim=2)
+
+
+def _tree_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, *, tree_past,
+                    tree_new=None, **kwargs):
+    """Attention of q sibling queries [n, h, q, d] to their node's shared past (tree_past[layer], [n, kv, p, d]) and
+    each to its *own* new key/value only (key/value [n, kv, q, d]): no sibling block, no mask.
+
+    Softmax by hand over past + self: torch's softmax is slow on rows this short.
+    """
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("prefix-tree enumeration does not support attention softcapping or sinks")
+    past_k, past_v = tree_past[module.layer_idx]
+    if tree_new is not None:
+        tree_new.append((key, value))
+    n, h, q, d = query.shape
+    kv = key.shape[1]
+    g = h // kv  # grouped-query attention: g query heads share each key/value head
+    scaling = d ** -0.5 if scaling is None else scaling
+    q5 = query.unflatten(1, (kv, g))  # [n, kv, g, q, d]
+    s_past = (q5.flatten(2, 3) @ past_k.transpose(-1, -2)).unflatten(2, (g, q)).mul_(scaling)  # [n, kv, g, q, p]
+    s_self = (q5 * key[:, :, None]).sum(-1, keepdim=True).mul_(scaling)  # [n, kv, g, q, 1]
+    top = torch.maximum(s_past.amax(-1, keepdim=True), s_self)
+    e_past, e_self = s_past.sub_(top).exp_(), s_self.sub_(top).exp_()
+    out = (e_past.flatten(2, 3) @ past_v).unflatten(2, (g, q)).addcmul_(e_self, value[:, :, None])
+    out = out.div_(e_past.sum(-1, keepdim=True).add_(e_self))
+    return out.flatten(1, 2).transpose(1, 2), None  # [n, q, h, d]
+
+
+_TREE_ATTENTION = "modeldiff_prefix_tree"
+AttentionInterface.register(_TREE_ATTENTION, _tree_attention)
 
 
 @torch.inference_mode()
@@ -128,8 +154,13 @@ def enumerate_z(model, space: InputSpace, output: str = "mean_nll", max_nodes: i
     _check_size(space)
     tree = _PrefixTree(model.eval(), space, max_nodes, progress)
     kv, lp = tree.root()
-    tree.walk(kv, lp, torch.zeros(1, device=tree.device), 0, 0)
-    tree.bar.close()
+    config, original = model.config, model.config._attn_implementation
+    config._attn_implementation = _TREE_ATTENTION  # only for the walk below: every call there is a tree step
+    try:
+        tree.walk(kv, lp, torch.zeros(1, device=tree.device), 0, 0)
+    finally:
+        config._attn_implementation = original
+        tree.bar.close()
     nll = -tree.out
     return (nll / space.length if output == "mean_nll" else nll), tree.steps
 
