@@ -7,6 +7,7 @@ inputs inside Z with their z, multiplicity and reweighting weight).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,8 @@ def build_output_distribution(pt: TemperingResult, space: InputSpace, z_range, b
         lr = coarsen(wham(h, fine_centres, temps, f0=sol.f).ln_rho, sub)
         m = in_z & np.isfinite(lr)
         boot.append(np.where(m, lr - logsumexp(lr[m]), np.nan) if m.any() else np.full_like(lr, np.nan))
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # bins seen in fewer than two resamples have no std: NaN, by design
+        warnings.simplefilter("ignore", RuntimeWarning)
         ln_rho_std = np.nanstd(np.array(boot), axis=0) if len(boot) > 1 else np.full(len(centres), np.nan)
 
     hist = per_ladder.sum(0).reshape(k_count, -1, sub).sum(-1)

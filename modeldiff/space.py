@@ -48,10 +48,11 @@ class InputSpace:
         return self.ids_tensor(slots.device)[slots]
 
     def ids_to_slots(self, ids: torch.Tensor) -> torch.Tensor:
-        lookup = torch.full((max(self.token_ids) + 1,), -1, dtype=torch.long, device=ids.device)
+        top = max(max(self.token_ids), int(ids.max()) if ids.numel() else 0)
+        lookup = torch.full((top + 1,), -1, dtype=torch.long, device=ids.device)
         lookup[self.ids_tensor(ids.device)] = torch.arange(self.n_tokens, device=ids.device)
-        slots = lookup[ids]
-        if (slots < 0).any():
+        slots = lookup[ids.clamp(min=0)]
+        if (slots < 0).any() or (ids < 0).any():
             raise ValueError("sequence contains a token id outside the allowed token set")
         return slots
 

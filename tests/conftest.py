@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny toy tasks and model pairs trained once per test session.
+
+Tiers: plain tests are fast unit tests; `integration` ones start real processes/servers on
+127.0.0.1; `slow` ones run whole pipelines. The README's test command runs all of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modeldiff.enumeration import enumerate_z
+from modeldiff.scoring import Scorer
+from modeldiff.toy import ToyTask, make_toy_model, train_toy_model
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_task() -> ToyTask:
+    """7,776 inputs: small enough to enumerate in milliseconds, big enough to need sampling."""
+    return ToyTask(length=5, vocab_size=6, modulus=10)
+
+
+@pytest.fixture(scope="session")
+def toy_pair(tiny_task):
+    """Two differently shaped GPT-2s trained briefly on the toy rule (not to convergence: the
+    estimator must be right for any pair of models, and partial training keeps ρ(z) structured)."""
+    models = []
+    for seed, (heads, layers) in enumerate([(2, 2), (4, 3)]):
+        model = make_toy_model(tiny_task, n_embd=32, n_head=heads, n_layer=layers, seed=seed)
+        train_toy_model(model, tiny_task, steps=150, seed=seed, progress=False)
+        models.append(model)
+    return tuple(models)
+
+
+@pytest.fixture(scope="session")
+def toy_scorers(tiny_task, toy_pair):
+    return tuple(Scorer(m, tiny_task.bos_token_id) for m in toy_pair)
+
+
+@pytest.fixture(scope="session")
+def toy_exact_z(tiny_task, toy_pair):
+    return tuple(enumerate_z(m, tiny_task.space, progress=False)[0] for m in toy_pair)
+
+
+@pytest.fixture
+def random_gpt2():
+    """An untrained tiny GPT-2 over a 4-token toy vocabulary (+BOS), with room for length 6."""
+    task = ToyTask(length=3, vocab_size=4, modulus=4)
+    return task, make_toy_model(ToyTask(6, 4, 4), n_embd=16, n_head=2, n_layer=1, seed=3)
+
+
+@pytest.fixture
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                      bos_token_id=11, eos_token_id=10, pad_token_id=10)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def assert_within_sigma(estimate: float, truth: float, sigma: float, n_sigma: float = 4.0, what: str = ""):
+    assert abs(estimate - truth) <= n_sigma * sigma, (
+        f"{what}: estimate {estimate:.5f} vs exact {truth:.5f} differs by {abs(estimate - truth):.5f} "
+        f"> {n_sigma}σ = {n_sigma * sigma:.5f}")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
