@@ -71,3 +71,13 @@ def assert_within_sigma(estimate: float, truth: float, sigma: float, n_sigma: fl
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny toys run fastest on one thread, and many times faster when other processes share the two cores
+    (two OpenMP threads then wait on each other). Subprocesses get OMP_NUM_THREADS=1 for the same reason."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,1 @@
+"""MLproject entry points: parse arguments, load the config, call `modeldiff`, log to MLflow."""

@@ -1,0 +1,78 @@
+"""Entry point `main`: sample_outdist A and B, cross_eval A→B and B→A, normalize, as child runs of one run.
+
+Each step first looks for a finished run with the same config hash (its config keys, model identities
+and upstream run ids) and reuses it, so rerunning finishes in seconds and a changed parameter reruns
+only the steps it affects. Steps run in-process as nested runs (no subprocess per step).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import mlflow
+
+from modeldiff import tracking
+from modeldiff.config import config_hash
+from modeldiff.models import check_comparable, load_model
+
+from . import cross_eval, normalize, sample_outdist
+from ._common import Dist, parser, setup, user_errors
+
+
+def _step(cfg, dist: Dist, experiment_id, entry_point: str, h: str, name: str, params: dict, execute) -> str:
+    found = dist.broadcast(tracking.find_finished_run(entry_point, h, experiment_id) if dist.is_main else None)
+    if found:
+        if dist.is_main:
+            print(f"modeldiff: {name}: reusing finished run {found}")
+        return found
+    with dist.main_run(entry_point, cfg, params, run_name=name):
+        return execute()
+
+
+def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
+    """Runs or reuses every step inside the open parent run; returns {step name: run id}."""
+    with dist.main_first():
+        a, b = load_model(model_a, cfg), load_model(model_b, cfg)
+    check_comparable(a, b)
+    parent = mlflow.active_run() if dist.is_main else None
+    if parent:
+        mlflow.set_tags({tracking.MODEL_A: a.ref, tracking.MODEL_B: b.ref,
+                         tracking.identity_tag(tracking.MODEL_A): a.identity,
+                         tracking.identity_tag(tracking.MODEL_B): b.identity})
+    exp = parent.info.experiment_id if parent else None
+    runs = {}
+    for role, m in (("A", a), ("B", b)):
+        runs[f"sample_outdist_{role}"] = _step(
+            cfg, dist, exp, "sample_outdist", sample_outdist.stage_hash(cfg, m), f"sample_outdist {role} {m.ref}",
+            {"model": m.ref}, partial(sample_outdist.execute, cfg, dist, m))
+    for direction, (src, other) in (("AB", (a, b)), ("BA", (b, a))):
+        od_run = runs[f"sample_outdist_{direction[0]}"]
+        runs[f"cross_eval_{direction}"] = _step(
+            cfg, dist, exp, "cross_eval", cross_eval.stage_hash(cfg, od_run, src, other, direction),
+            f"cross_eval {direction}", {"outdist_run": od_run, "other_model": other.ref, "direction": direction},
+            partial(cross_eval.execute, cfg, dist, od_run, src, other, direction))
+    ab, ba = runs["cross_eval_AB"], runs["cross_eval_BA"]
+    runs["normalize"] = _step(cfg, dist, exp, "normalize", normalize.stage_hash(cfg, ab, ba), "normalize",
+                              {"ab_run": ab, "ba_run": ba}, partial(normalize.execute, cfg, dist, ab, ba))
+    if parent:  # the parent shows the result too, and links its steps
+        ratio = tracking.load_json(runs["normalize"], "normalize", "ratio.json")
+        mlflow.log_dict(ratio, "ratio.json")
+        mlflow.log_metrics(normalize.ratio_metrics(ratio))
+        mlflow.set_tags({f"modeldiff.run.{k}": v for k, v in runs.items()})
+        mlflow.set_tag(tracking.CONFIG_HASH, config_hash(cfg, {"model_a": a.identity, "model_b": b.identity}))
+        print(f"modeldiff: ratio PD_AB:PA_AB:PA_BA:PD_BA = {' : '.join(f'{r:.3f}' for r in ratio['ratio'])}")
+    return runs
+
+
+def main(argv=None):
+    p = parser("Compare two models: the whole Model-diff chain as child runs, reusing finished identical runs.")
+    p.add_argument("--model_a", default="toy:small")
+    p.add_argument("--model_b", default="toy:large")
+    args = p.parse_args(argv)
+    with user_errors():
+        cfg, dist = setup(args)
+        with dist.main_run("main", cfg, vars(args), run_name=f"main {args.model_a} vs {args.model_b}"):
+            return chain(cfg, dist, args.model_a, args.model_b)
+
+
+if __name__ == "__main__":
+    main()

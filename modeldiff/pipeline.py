@@ -1,0 +1,90 @@
+"""The three stages driven by a config: plain functions, no MLflow, no Accelerate.
+
+Scale-out hooks are plain arguments: `run_sampler(..., ladders=slice)` runs a slice of the ladders
+(join slices with `TemperingResult.concat`), and `ShardedScorer` scores this process's share of a
+batch and all-gathers the rest through whatever `gather` callable the caller passes in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from .cross_eval import cross_evaluate
+from .models import LoadedModel, check_comparable
+from .normalize import lambda_sweep, ratio_from_frames
+from .outdist import OutputDistribution, build_output_distribution
+from .scoring import Scorer
+from .tempering import TemperingResult, TemperingSettings, geometric_temperatures, run_parallel_tempering
+
+
+def make_scorer(cfg, loaded: LoadedModel) -> Scorer:
+    return Scorer(loaded.model, loaded.space.bos_token_id, output=cfg.output, batch_size=int(cfg.model.batch_size))
+
+
+def tempering_settings(cfg) -> TemperingSettings:
+    s = cfg.sampler
+    return TemperingSettings(
+        temperatures=geometric_temperatures(float(s.t_min), float(s.t_max), int(s.n_temperatures)),
+        ladders=int(s.ladders), steps=int(s.steps), burn_in=int(s.burn_in), thin=int(s.thin),
+        swap_every=int(s.swap_every), kernel=s.kernel, kernel_params=OmegaConf.to_container(s.kernel_params),
+        seed=int(cfg.seed))
+
+
+def ladder_slice(n_ladders: int, index: int, n_processes: int) -> slice:
+    """Process `index`'s contiguous share of the ladders (sizes differ by at most one)."""
+    bounds = np.linspace(0, n_ladders, n_processes + 1).round().astype(int)
+    return slice(int(bounds[index]), int(bounds[index + 1]))
+
+
+def run_sampler(cfg, loaded: LoadedModel, ladders: slice | None = None, progress: bool = False) -> TemperingResult:
+    return run_parallel_tempering(make_scorer(cfg, loaded), loaded.space, tempering_settings(cfg), ladders=ladders,
+                                  progress=progress)
+
+
+def build_outdist(cfg, loaded: LoadedModel, pt: TemperingResult) -> OutputDistribution:
+    od = build_output_distribution(pt, loaded.space, tuple(cfg.z_range), float(cfg.bins.width),
+                                   n_bootstrap=int(cfg.reweighting.n_bootstrap), seed=int(cfg.seed),
+                                   decode=loaded.decode)
+    od.meta.update(model=loaded.ref, model_identity=loaded.identity)
+    return od
+
+
+def sample_outdist(cfg, loaded: LoadedModel, progress: bool = False) -> OutputDistribution:
+    return build_outdist(cfg, loaded, run_sampler(cfg, loaded, progress=progress))
+
+
+class ShardedScorer:
+    """Scores a contiguous share of each batch per process; `gather([part])` must return every process's part
+    in process order (e.g. accelerate.utils.gather_object). All processes must call it with the same ids."""
+
+    def __init__(self, scorer: Scorer, index: int, n_processes: int, gather):
+        self.scorer, self.index, self.n_processes, self.gather = scorer, index, n_processes, gather
+
+    def __call__(self, ids) -> torch.Tensor:
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        bounds = np.linspace(0, len(ids), self.n_processes + 1).round().astype(int)
+        mine = self.scorer(ids[bounds[self.index]:bounds[self.index + 1]])
+        return torch.cat(list(self.gather([mine])))
+
+
+def cross_eval(cfg, od: OutputDistribution, src: LoadedModel, other: LoadedModel, role: str,
+               shard=None) -> pd.DataFrame:
+    """`role` is the sampling model's side ("A" for A→B); `shard(scorer)` may wrap scorers (ShardedScorer).
+    A's and B's draws take different random streams of the one config seed."""
+    check_comparable(src, other)
+    if tuple(float(z) for z in cfg.z_range) != tuple(od.z_range):
+        raise ValueError(f"z_range {list(cfg.z_range)} differs from the {list(od.z_range)} the output distribution was "
+                         "built with: use the sample_outdist run's z_range, or sample again with the new one")
+    wrap = shard or (lambda s: s)
+    ce = cfg.cross_eval
+    return cross_evaluate(od, src.space, wrap(make_scorer(cfg, src)), wrap(make_scorer(cfg, other)), int(ce.n_draws),
+                          role=role, seed=2 * int(cfg.seed) + (role == "B"), within_bin=ce.within_bin,
+                          allow_empty_bins=bool(ce.allow_empty_bins), decode=src.decode)
+
+
+def normalize(cfg, ab: pd.DataFrame, ba: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """ratio.json's record at λ = cfg.lambda, and the λ sweep."""
+    ratio = ratio_from_frames(ab, ba, float(cfg["lambda"]))
+    return ratio, lambda_sweep(ab["D"], ab["in_z_other"], ba["D"], ba["in_z_other"])

@@ -1,0 +1,75 @@
+"""Figures for the run pages: ρ̃(z), a cross-evaluation's D histogram, and the paper's Figure 3 overlay.
+
+Each function returns a matplotlib Figure (the Agg backend: no display needed); the caller saves
+or logs it and closes it.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .outdist import OutputDistribution  # noqa: E402
+
+SIDE_COLORS = {"A→B": "tab:blue", "B→A": "tab:orange"}
+
+
+def _axes():
+    with sns.axes_style("whitegrid"):  # scoped, so importing this module restyles nobody else's figures
+        return plt.subplots(figsize=(7, 4))
+
+
+def rho_z_figure(od: OutputDistribution, title: str = "") -> plt.Figure:
+    """ln ρ̃(z) with the bootstrap ±1σ band inside Z (where it is defined) and Z shaded."""
+    fig, ax = _axes()
+    c, ln_rho = od.centers, od.ln_rho
+    seen = np.isfinite(ln_rho)
+    ax.plot(c[seen], ln_rho[seen], color="tab:blue", lw=1.5, label="ln ρ̃(z)")
+    band = seen & np.isfinite(od.ln_rho_std)
+    ax.fill_between(c[band], ln_rho[band] - od.ln_rho_std[band], ln_rho[band] + od.ln_rho_std[band],
+                    color="tab:blue", alpha=0.3, lw=0, label="bootstrap ±1σ")
+    ax.axvspan(*od.z_range, color="tab:green", alpha=0.1, label="Z")
+    empty = od.empty_bins_in_z
+    if len(empty):
+        ax.plot(c[empty], np.full(len(empty), ln_rho[seen].min()), "x", color="tab:red", label="empty bins in Z")
+    ax.set(xlabel="z (mean NLL per token)", ylabel="ln ρ̃(z)  (Σρ = |Ω|)", title=title or "output distribution")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def d_hist_figure(draws: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Histogram of D = z_A − z_B over one side's draws, split by whether the other model's z is in Z."""
+    fig, ax = _axes()
+    where = draws["in_z_other"].map({True: "in Z", False: "outside Z"})
+    sns.histplot(draws.assign(**{"other model's z": where}), x="D", hue="other model's z", multiple="stack", bins=60,
+                 ax=ax, hue_order=["in Z", "outside Z"], palette=["tab:blue", "tab:gray"])
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set(xlabel="D = z_A − z_B", ylabel="draws", title=title or "cross-evaluation")
+    fig.tight_layout()
+    return fig
+
+
+def d_overlay_figure(ab: pd.DataFrame, ba: pd.DataFrame, lam: float = 0.0, title: str = "") -> plt.Figure:
+    """Paper Fig. 3: ρ̃_A→B(D) and ρ̃_B→A(D) over the draws whose other z is in Z, each divided by its |X̃|,
+    so the areas left of −λ and right of λ are the four terms of the ratio."""
+    fig, ax = _axes()
+    sides = {"A→B": ab.loc[ab["in_z_other"], "D"].to_numpy(), "B→A": ba.loc[ba["in_z_other"], "D"].to_numpy()}
+    both = np.concatenate(list(sides.values()))
+    edges = np.histogram_bin_edges(both, bins=60) if len(both) else np.linspace(-1, 1, 61)
+    for name, d in sides.items():
+        if len(d):
+            ax.hist(d, bins=edges, weights=np.full(len(d), 1.0 / len(d)), histtype="stepfilled", alpha=0.45,
+                    color=SIDE_COLORS[name], label=f"{name} (|X̃| = {len(d)})")
+    ax.axvline(0.0, color="black", lw=1)
+    if lam > 0:
+        for x in (-lam, lam):
+            ax.axvline(x, color="black", lw=1, ls="--")
+    ax.set(xlabel="D = z_A − z_B", ylabel="fraction of |X̃|", title=title or "A→B and B→A")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,174 @@
+"""The MLflow platform end to end: `mlflow run . -e main` on the CI toy, reuse, the entry points one by one,
+and bad input. Everything goes to a temporary SQLite store, artifact root and model cache."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from entrypoints import cross_eval, main, normalize, sample_outdist
+from modeldiff.toy import ToyTask, make_toy_model
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+ROOT = Path(__file__).resolve().parent.parent
+# small enough for about a minute per chain on two busy cores
+OVERRIDES = ("toy.train_steps=60 toy.batch_size=128 sampler.ladders=8 sampler.steps=300 sampler.burn_in=100 "
+             "reweighting.n_bootstrap=10 cross_eval.n_draws=2000")
+EXPERIMENT = "modeldiff-tests"
+ARTIFACTS = {
+    "sample_outdist": ["config/resolved.yaml", "outdist/outdist.npz", "outdist/representatives.parquet",
+                       "plots/rho_z.png", "tables/representatives.json"],
+    "cross_eval": ["config/resolved.yaml", "cross_eval/draws.parquet", "plots/D_hist.png", "tables/draws.json"],
+    "normalize": ["config/resolved.yaml", "ratio.json", "plots/D_overlay.png", "tables/lambda_sweep.json"],
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Tracking store, experiment and model cache for this module, in the environment of this process
+    (in-process entry points) and of its subprocesses."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "MODELDIFF_CACHE": str(tmp / "cache"),
+           "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "OMP_NUM_THREADS": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        experiment_id = MlflowClient().create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
+        yield {"env": {**os.environ, **env}, "experiment_id": experiment_id, "tmp": tmp}
+
+
+def mlflow_run(store, entry_point, **params):
+    cmd = ["mlflow", "run", str(ROOT), "-e", entry_point, "--env-manager", "local", "--experiment-name", EXPERIMENT]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    return subprocess.run(cmd, cwd=ROOT, env=store["env"], capture_output=True, text=True, timeout=600)
+
+
+def runs_of(store, entry_point, status=None):
+    flt = f"tags.`modeldiff.entry_point` = '{entry_point}'" + (f" and attributes.status = '{status}'" if status else "")
+    return MlflowClient().search_runs([store["experiment_id"]], flt, order_by=["attributes.start_time DESC"])
+
+
+def artifacts(run_id, path=None):
+    out = []
+    for f in MlflowClient().list_artifacts(run_id, path):
+        out += artifacts(run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def ratio_of(run_id):
+    return json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="ratio.json")).read_text())
+
+
+@pytest.fixture(scope="module")
+def chain(store):
+    """`mlflow run . -e main` once: the parent run and its children."""
+    res = mlflow_run(store, "main", config="configs/toy.yaml", overrides=OVERRIDES)
+    assert res.returncode == 0, res.stderr[-3000:]
+    parent = runs_of(store, "main", "FINISHED")[0]
+    return parent, {k.removeprefix("modeldiff.run."): v for k, v in parent.data.tags.items()
+                    if k.startswith("modeldiff.run.")}
+
+
+def test_main_logs_the_contract_artifacts(chain):
+    parent, children = chain
+    assert set(children) == {"sample_outdist_A", "sample_outdist_B", "cross_eval_AB", "cross_eval_BA", "normalize"}
+    client = MlflowClient()
+    for name, run_id in children.items():
+        run = client.get_run(run_id)
+        entry_point = name.rsplit("_", 1)[0] if name != "normalize" else name
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["modeldiff.entry_point"] == entry_point and run.data.tags["modeldiff.config_hash"]
+        assert set(ARTIFACTS[entry_point]) <= set(artifacts(run_id)), name
+    assert client.get_run(children["sample_outdist_A"]).data.tags["modeldiff.model"] == "toy:small"
+    assert parent.data.tags["modeldiff.model_a"] == "toy:small" and parent.data.tags["modeldiff.model_b"] == "toy:large"
+    assert parent.data.params["sampler.steps"] == "300"
+    ratio = ratio_of(children["normalize"])
+    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range"}
+    assert list(ratio["terms"]) == ["PD_AB", "PA_AB", "PA_BA", "PD_BA"] and len(ratio["ratio"]) == 4
+    assert ratio["ratio"][0] == 1.0 and ratio["counts"]["n_A"] == 2000 and set(ratio["D_range"]) == {"A", "B"}
+    metrics = client.get_run(children["normalize"]).data.metrics
+    assert metrics["PD_AB"] == ratio["terms"]["PD_AB"] and "D_B_max" in metrics
+    assert ratio_of(parent.info.run_id) == ratio
+
+
+def test_rerun_reuses_finished_runs(store, chain):
+    parent, children = chain
+    before = {ep: len(runs_of(store, ep)) for ep in ("sample_outdist", "cross_eval", "normalize")}
+    assert main.main(["--config", "configs/toy.yaml", "--overrides", OVERRIDES]) == children
+    assert {ep: len(runs_of(store, ep)) for ep in before} == before
+    again = runs_of(store, "main", "FINISHED")[0]
+    assert again.info.run_id != parent.info.run_id and ratio_of(again.info.run_id) == ratio_of(children["normalize"])
+    # a changed λ reruns normalize only
+    runs = main.main(["--config", "configs/toy.yaml", "--overrides", OVERRIDES + " lambda=0.01"])
+    upstream = lambda d: {k: v for k, v in d.items() if k != "normalize"}  # noqa: E731
+    assert upstream(runs) == upstream(children)
+    assert runs["normalize"] != children["normalize"] and ratio_of(runs["normalize"])["lambda"] == 0.01
+
+
+def test_entry_points_one_by_one_give_the_same_ratio(chain):
+    _, children = chain
+    args = ["--config", "configs/toy.yaml", "--overrides", OVERRIDES]
+    od_a = sample_outdist.main(args + ["--model", "toy:small"])
+    od_b = sample_outdist.main(args + ["--model", "toy:large"])
+    assert od_a not in children.values()  # standalone entry points always run afresh
+    ab = cross_eval.main(args + ["--outdist_run", od_a, "--other_model", "toy:large", "--direction", "AB"])
+    ba = cross_eval.main(args + ["--outdist_run", od_b, "--other_model", "toy:small", "--direction", "BA"])
+    ratio = ratio_of(normalize.main(args + ["--ab_run", ab, "--ba_run", ba]))
+    assert ratio == ratio_of(children["normalize"])
+
+
+def _fails(capsys, entry, argv, match):
+    with pytest.raises(SystemExit) as e:
+        entry.main(["--config", "configs/toy.yaml"] + argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("modeldiff: error: ") and "\n" not in err, err
+    assert match in err, err
+    return err
+
+
+def test_bad_input_is_one_line_and_exits_2(store, chain, capsys, tmp_path):
+    _, children = chain
+    missing = "0" * 32
+    _fails(capsys, cross_eval, ["--overrides", OVERRIDES, "--outdist_run", missing, "--other_model", "toy:large"],
+           f"run '{missing}' does not exist")
+    failed = runs_of(store, "cross_eval")[0]  # the run was opened, failed, and kept its config
+    assert failed.info.status == "FAILED" and "config/resolved.yaml" in artifacts(failed.info.run_id)
+    _fails(capsys, normalize, ["--ab_run", children["sample_outdist_A"], "--ba_run", children["cross_eval_BA"]],
+           "is a sample_outdist run, not a cross_eval run")
+    _fails(capsys, normalize, ["--ab_run", children["cross_eval_BA"], "--ba_run", children["cross_eval_AB"]],
+           "is a BA cross_eval, not AB")
+    _fails(capsys, sample_outdist, ["--overrides", "sampler.stepz=10", "--model", "toy:small"],
+           "unknown config key 'sampler.stepz'")
+    _fails(capsys, main, ["--overrides", "z_range=[1.8,1.3]"], "z_range is reversed")
+    _fails(capsys, sample_outdist, ["--model", "toy:medium"], "unknown toy model 'toy:medium'")
+    make_toy_model(ToyTask(5, 8, 10), n_embd=16, n_head=2, n_layer=1).save_pretrained(tmp_path / "v8")
+    _fails(capsys, main, ["--overrides", OVERRIDES, "--model_b", str(tmp_path / "v8")], "are not comparable")
+
+
+def test_mlflow_run_with_bad_input_fails_the_run(store):
+    res = mlflow_run(store, "cross_eval", outdist_run="not-a-run", other_model="toy:large")
+    assert res.returncode != 0
+    assert "modeldiff: error: run 'not-a-run' does not exist" in res.stderr
+    assert runs_of(store, "cross_eval")[0].info.status == "FAILED"
+
+
+def test_two_processes_give_the_one_process_result(store, chain):
+    """`accelerate launch` with 2 CPU processes (ladders and scoring split, only the main process logs)
+    reproduces the one-process chain; a fresh experiment keeps it from reusing the chain's runs."""
+    _, children = chain
+    name = EXPERIMENT + "-2proc"
+    experiment_id = MlflowClient().create_experiment(name, artifact_location=str(store["tmp"] / "artifacts-2proc"))
+    res = subprocess.run(["accelerate", "launch", "--config_file", "configs/accelerate/cpu2.yaml", "-m",
+                          "entrypoints.main", "--overrides", OVERRIDES], cwd=ROOT, capture_output=True, text=True,
+                         env={**store["env"], "MLFLOW_EXPERIMENT_NAME": name}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = MlflowClient().search_runs([experiment_id])
+    assert sorted(r.data.tags["modeldiff.entry_point"] for r in runs) == \
+        ["cross_eval", "cross_eval", "main", "normalize", "sample_outdist", "sample_outdist"]  # logged once
+    parent = next(r for r in runs if r.data.tags["modeldiff.entry_point"] == "main")
+    assert ratio_of(parent.info.run_id) == ratio_of(children["normalize"])

@@ -1,0 +1,50 @@
+"""pyproject.toml is the one dependency list; conda.yaml and MLproject follow it and DESIGN §4."""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modeldiff import cli
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_conda_env_lists_the_pyproject_dependencies():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert {_name(d): d.replace(" ", "") for d in pip} == {_name(d): d.replace(" ", "") for d in deps}
+    assert "pip" in conda["dependencies"]
+
+
+def test_mlproject_entry_points_follow_the_contract():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert project["name"] == "modeldiff" and project["conda_env"] == "conda.yaml"
+    expected = {"sample_outdist": {"model"}, "cross_eval": {"outdist_run", "other_model", "direction"},
+                "normalize": {"ab_run", "ba_run"}, "main": {"model_a", "model_b"}}
+    eps = project["entry_points"]
+    assert set(eps) == set(expected)
+    for name, params in expected.items():
+        assert set(eps[name]["parameters"]) == params | {"config", "overrides"}
+        assert eps[name]["command"].startswith(f"python -m entrypoints.{name} ")
+        for p in eps[name]["parameters"]:
+            assert f"--{p} {{{p}}}" in eps[name]["command"]
+    assert eps["main"]["parameters"]["config"]["default"] == "configs/toy.yaml"
+    assert eps["main"]["parameters"]["model_a"]["default"] == "toy:small"
+    assert eps["main"]["parameters"]["model_b"]["default"] == "toy:large"
+    assert eps["cross_eval"]["parameters"]["direction"]["default"] == "AB"
+
+
+def test_console_script(capsys):
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["modeldiff"] == "modeldiff.cli:main"
+    assert cli.main(["--help"]) == 0
+    assert "run-main" in capsys.readouterr().out
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
