@@ -7,10 +7,12 @@ steps instead of V^L full forwards of L+1 tokens. Output is in lexicographic ord
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AttentionInterface
 
 from .scoring import Scorer
 from .space import InputSpace
@@ -32,22 +34,52 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [tuple(kv[:2]) for kv in cache]  # legacy tuple format
 
 
-def _make_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], config):
-    from transformers import DynamicCache
+def _tree_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, *, tree_past,
+                    tree_new, **kwargs):
+    """Attention of the V children of n nodes, fed as one sequence per node: child i attends to its node's past
+    (tree_past[layer], [n, kv_heads, p, d]) and to its *own* key/value (key/value [n, kv_heads, V, d]) only.
 
-    try:
-        return DynamicCache(ddp_cache_data=kv, config=config)
-    except TypeError:  # older transformers
-        return DynamicCache.from_legacy_cache(tuple(kv))
+    Past scores plus one self score per query: no sibling block, no mask. The softmax is by hand because
+    torch's is slow on rows this short. The new keys/values go to `tree_new`, to build the children's caches.
+    """
+    past_k, past_v = tree_past[module.layer_idx]
+    window = kwargs.get("sliding_window")
+    if kwargs.get("softcap") or kwargs.get("s_aux") is not None or (window and window <= past_k.shape[2]):
+        raise NotImplementedError("prefix-tree enumeration supports no attention softcapping, sinks or short windows")
+    tree_new.append((key, value))
+    n, h, q, d = query.shape
+    kv = key.shape[1]
+    g = h // kv  # grouped-query attention: query heads [i*g, (i+1)*g) share key/value head i
+    scaling = d ** -0.5 if scaling is None else scaling
+    q5 = query.unflatten(1, (kv, g))  # [n, kv, g, V, d]
+    s_past = (q5.flatten(2, 3) @ past_k.transpose(-1, -2)).unflatten(2, (g, q)).mul_(scaling)  # [n, kv, g, V, p]
+    s_self = (q5 * key[:, :, None]).sum(-1, keepdim=True).mul_(scaling)  # [n, kv, g, V, 1]
+    top = torch.maximum(s_past.amax(-1, keepdim=True), s_self)
+    e_past, e_self = s_past.sub_(top).exp_(), s_self.sub_(top).exp_()
+    out = (e_past.flatten(2, 3) @ past_v).unflatten(2, (g, q)).addcmul_(e_self, value[:, :, None])
+    out = out.div_(e_past.sum(-1, keepdim=True).add_(e_self))
+    return out.flatten(1, 2).transpose(1, 2), None  # [n, V, h, d]
+
+
+_TREE_ATTENTION = "modeldiff_prefix_tree"
+
+
+def _per_child(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """A node's past [n, h, p, d] and its V children's own entries [n, h, V, d] -> the children's [n*V, h, p+1, d]."""
+    n, h, p, d = past.shape
+    v = new.shape[2]
+    return torch.cat([past.repeat_interleave(v, 0), new.transpose(1, 2).reshape(n * v, h, 1, d)], dim=2)
 
 
 class _PrefixTree:
     """Depth-first walk of the prefix tree, at most `max_nodes` children per forward call.
 
-    A node's V children go through the model as one *sequence* of V queries that share the
-    node's cache, all at the same position, masked so no child sees its siblings ("tree
-    attention"). The cache is never copied per child at the last level, which holds 90% of the
-    nodes; at inner levels each child's cache is built once as parent cache + own key/value.
+    A node's V children go through the model as one *sequence* of V queries that share the node's
+    cache, all at the same position, with `_tree_attention` so no child sees its siblings. The cache
+    is never copied per child at the last level, which holds 90% of the nodes; at inner levels each
+    child's cache is built once as parent cache + own key/value. On CPU the subtrees below the top
+    levels are spread over one worker thread per core, each running single-threaded torch ops:
+    tiny ops scale poorly inside torch, independent subtrees scale well.
     """
 
     def __init__(self, model, space: InputSpace, max_nodes: int, progress: bool):
@@ -56,30 +88,38 @@ class _PrefixTree:
         self.device = next(model.parameters()).device
         self.ids = space.ids_tensor(self.device)
         self.max_nodes = max_nodes
-        self.steps = 0  # single-token forward steps (one per prefix node)
         self.out = np.empty(space.size, dtype=np.float32)
         self.bar = tqdm(total=space.size, desc="enumerate", unit="x", unit_scale=True, disable=not progress,
                         leave=False)
+        self.lock = threading.Lock()
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         return logits[..., self.ids] - torch.logsumexp(logits, dim=-1, keepdim=True)  # full-vocab normaliser
 
     def root(self):
+        """BOS alone, with the model's own attention: its cache and the log-probs of the first token."""
         bos = torch.tensor([[self.space.bos_token_id]], device=self.device)
         out = self.model(input_ids=bos, use_cache=True)
-        self.steps += 1
         return _cache_tensors(out.past_key_values), self.log_probs(out.logits[:, -1])
 
-    def children(self, kv, depth: int, keep_cache: bool):
-        """Run the V children of n nodes at `depth` (cache `kv`, length depth+1): log p(grandchild) [n, V, V] and,
-        if `keep_cache`, the children's own keys/values per layer ([n, kv_heads, V, head_dim] each)."""
+    def children(self, kv, depth: int):
+        """Run the V children of n nodes at `depth` (cache `kv`, length depth+1) under `_tree_attention`:
+        log p(grandchild) [n, V, V] and the children's own keys/values per layer ([n, kv_heads, V, d] each)."""
         n, v = kv[0][0].shape[0], self.ids.numel()
-        new = [] if keep_cache else None
-        out = self.model(input_ids=self.ids.expand(n, v), position_ids=torch.full((1, v), depth + 1, device=self.device),
-                         use_cache=False, tree_past=kv, tree_new=new)
-        self.steps += n * v
+        new, position = [], torch.full((1, v), depth + 1, device=self.device)
+        out = self.model(input_ids=self.ids.expand(n, v), position_ids=position, use_cache=False, tree_past=kv,
+                         tree_new=new)
+        if not new:
+            raise RuntimeError(f"{type(self.model).__name__} does not route attention through transformers' "
+                               "AttentionInterface, which prefix-shared enumeration needs")
         return self.log_probs(out.logits), new
+
+    def expand(self, kv, child_cum: torch.Tensor, depth: int):
+        """The children [n, V] of n nodes as nodes of their own: caches, child log-probs, prefix log-probs."""
+        gc_lp, new_kv = self.children(kv, depth)
+        child_kv = [(_per_child(pk, k), _per_child(pv, val)) for (pk, pv), (k, val) in zip(kv, new_kv)]
+        return child_kv, gc_lp.flatten(0, 1), child_cum.reshape(-1)
 
     def walk(self, kv, lp: torch.Tensor, cum: torch.Tensor, depth: int, offset: int):
         """n nodes at `depth` with cache `kv`, child log-probs `lp` [n, V] and prefix log-prob `cum` [n]."""
@@ -93,76 +133,61 @@ class _PrefixTree:
         chunk = max(1, self.max_nodes // v)
         for start in range(0, n, chunk):
             sel = slice(start, min(n, start + chunk))
-            m = sel.stop - sel.start
             node_kv = [(k[sel], val[sel]) for k, val in kv]
-            last = depth + 2 == length  # grandchildren are leaves: no child cache needed
-            gc_lp, new_kv = self.children(node_kv, depth, keep_cache=not last)
             sub_offset = offset + start * v * per_child
-            if last:
+            if depth + 2 == length:  # grandchildren are leaves: no child cache needed
+                gc_lp, _ = self.children(node_kv, depth)
                 self.emit((child_cum[sel, :, None] + gc_lp).reshape(-1), sub_offset)
-                continue
-            child_kv = [(_per_child(pk, k), _per_child(pv, val)) for (pk, pv), (k, val) in zip(node_kv, new_kv)]
-            self.walk(child_kv, gc_lp.reshape(m * v, v), child_cum[sel].reshape(-1), depth + 1, sub_offset)
+            else:
+                self.walk(*self.expand(node_kv, child_cum[sel], depth), depth + 1, sub_offset)
+
+    def run(self, kv, lp: torch.Tensor, workers: int):
+        """Walk the tree below the root (cache `kv`, first-token log-probs `lp`) with `workers` threads."""
+        cum, depth = torch.zeros(1, device=self.device), 0
+        # open the top levels until the nodes split into enough subtrees to keep every worker busy to the end
+        while cum.numel() < 8 * workers and depth + 2 < self.space.length:
+            kv, lp, cum = self.expand(kv, cum[:, None] + lp, depth)
+            depth += 1
+        per_node = self.ids.numel() ** (self.space.length - depth)  # leaves under each node
+
+        def subtree(sel: slice):
+            with torch.inference_mode():  # thread-local
+                self.walk([(k[sel], val[sel]) for k, val in kv], lp[sel], cum[sel], depth, sel.start * per_node)
+
+        cuts = np.linspace(0, cum.numel(), min(cum.numel(), 8 * workers) + 1).round().astype(int)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(subtree, [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]))
 
     def emit(self, leaf_logprob: torch.Tensor, offset: int):
         n = leaf_logprob.numel()
         self.out[offset:offset + n] = leaf_logprob.cpu().numpy()
-        self.bar.update(n)
-
-
-def _per_child(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """Shared past [n, h, p, d] + the V children's own entries [n, h, V, d] -> [n*V, h, p+1, d]."""
-    n, h, p, d = past.shape
-    v = new.shape[2]
-    return torch.cat([past.repeat_interleave(v, 0), new.transpose(1, 2).reshape(n * v, h, 1, d)], dim=2)
-
-
-def _tree_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, *, tree_past,
-                    tree_new=None, **kwargs):
-    """Attention of q sibling queries [n, h, q, d] to their node's shared past (tree_past[layer], [n, kv, p, d]) and
-    each to its *own* new key/value only (key/value [n, kv, q, d]): no sibling block, no mask.
-
-    Softmax by hand over past + self: torch's softmax is slow on rows this short.
-    """
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        raise NotImplementedError("prefix-tree enumeration does not support attention softcapping or sinks")
-    past_k, past_v = tree_past[module.layer_idx]
-    if tree_new is not None:
-        tree_new.append((key, value))
-    n, h, q, d = query.shape
-    kv = key.shape[1]
-    g = h // kv  # grouped-query attention: g query heads share each key/value head
-    scaling = d ** -0.5 if scaling is None else scaling
-    q5 = query.unflatten(1, (kv, g))  # [n, kv, g, q, d]
-    s_past = (q5.flatten(2, 3) @ past_k.transpose(-1, -2)).unflatten(2, (g, q)).mul_(scaling)  # [n, kv, g, q, p]
-    s_self = (q5 * key[:, :, None]).sum(-1, keepdim=True).mul_(scaling)  # [n, kv, g, q, 1]
-    top = torch.maximum(s_past.amax(-1, keepdim=True), s_self)
-    e_past, e_self = s_past.sub_(top).exp_(), s_self.sub_(top).exp_()
-    out = (e_past.flatten(2, 3) @ past_v).unflatten(2, (g, q)).addcmul_(e_self, value[:, :, None])
-    out = out.div_(e_past.sum(-1, keepdim=True).add_(e_self))
-    return out.flatten(1, 2).transpose(1, 2), None  # [n, q, h, d]
-
-
-_TREE_ATTENTION = "modeldiff_prefix_tree"
-AttentionInterface.register(_TREE_ATTENTION, _tree_attention)
+        with self.lock:
+            self.bar.update(n)
 
 
 @torch.inference_mode()
-def enumerate_z(model, space: InputSpace, output: str = "mean_nll", max_nodes: int = 1 << 16,
+def enumerate_z(model, space: InputSpace, output: str = "mean_nll", max_nodes: int = 1 << 11,
                 progress: bool = True) -> tuple[np.ndarray, int]:
     """z for every x ∈ Ω in lexicographic order, and the number of forward steps it took."""
+    from transformers import AttentionInterface
+
     _check_size(space)
     tree = _PrefixTree(model.eval(), space, max_nodes, progress)
     kv, lp = tree.root()
-    config, original = model.config, model.config._attn_implementation
-    config._attn_implementation = _TREE_ATTENTION  # only for the walk below: every call there is a tree step
+    AttentionInterface.register(_TREE_ATTENTION, _tree_attention)
+    config, attn, threads = model.config, model.config._attn_implementation, torch.get_num_threads()
+    workers = threads if tree.device.type == "cpu" else 1
+    config._attn_implementation = _TREE_ATTENTION  # for the walk only: every call there is a tree step
+    torch.set_num_threads(threads // workers)
     try:
-        tree.walk(kv, lp, torch.zeros(1, device=tree.device), 0, 0)
+        tree.run(kv, lp, workers)
     finally:
-        config._attn_implementation = original
+        config._attn_implementation = attn
+        torch.set_num_threads(threads)
         tree.bar.close()
     nll = -tree.out
-    return (nll / space.length if output == "mean_nll" else nll), tree.steps
+    steps = sum(space.n_tokens ** d for d in range(space.length))  # one single-token step per prefix node
+    return (nll / space.length if output == "mean_nll" else nll), steps
 
 
 def brute_force_z(scorer: Scorer, space: InputSpace, batch: int = 1 << 15, progress: bool = False) -> np.ndarray:

@@ -13,7 +13,9 @@ from modeldiff.enumeration import enumerate_z
 from modeldiff.scoring import Scorer
 from modeldiff.toy import ToyTask, make_toy_model, train_toy_model
 
-torch.set_num_threads(2)
+# Tiny toys are latency-bound: one thread is fastest, and many times faster when other processes
+# share the two cores (two OpenMP threads then wait on each other). Subprocesses get OMP_NUM_THREADS=1.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -71,13 +73,3 @@ def assert_within_sigma(estimate: float, truth: float, sigma: float, n_sigma: fl
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny toys run fastest on one thread, and many times faster when other processes share the two cores
-    (two OpenMP threads then wait on each other). Subprocesses get OMP_NUM_THREADS=1 for the same reason."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from entrypoints import cross_eval, main, normalize, sample_outdist
 from modeldiff.toy import ToyTask, make_toy_model
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 # small enough for about a minute per chain on two busy cores
 OVERRIDES = ("toy.train_steps=60 toy.batch_size=128 sampler.ladders=8 sampler.steps=300 sampler.burn_in=100 "

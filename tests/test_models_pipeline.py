@@ -10,7 +10,6 @@ from modeldiff.models import check_comparable, load_model
 from modeldiff.tempering import TemperingResult
 from modeldiff.toy import ToyTask, make_toy_model
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # a toy small enough to train in about a second, with a Z its samples reach
 TINY = ("space.length=4 space.vocab_size=4 toy.modulus=4 toy.train_steps=30 toy.batch_size=64 "
         "toy.archs.small.n_embd=16 toy.archs.small.n_head=2 toy.archs.small.n_layer=1 "

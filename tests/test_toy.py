@@ -30,10 +30,14 @@ def test_sample_valid_is_uniform_over_the_valid_set(rng):
 
 
 def test_training_learns_the_rule():
-    task = ToyTask(3, 4, 4)  # 16 of 64 inputs are valid: learnable in a few seconds
+    """Modular sums are slow to learn (a long plateau), so a unit-test budget cannot reach 100%; it must
+    still lift rule satisfaction far above chance (10%) and the loss well below uniform guessing."""
+    task = ToyTask(5, 6, 10)
+    chance = task.n_valid() / 6**5
     model = make_toy_model(task, n_embd=32, n_head=2, n_layer=2, seed=0)
     before = rule_satisfaction(model, task, n=1000)
-    report = train_toy_model(model, task, steps=250, progress=False)
+    report = train_toy_model(model, task, steps=300, progress=False)
     after = rule_satisfaction(model, task, n=1000)
-    assert before < 0.5 and after > 0.97, (before, after)
-    assert report["final_loss"] < report["entropy"] + 0.05
+    # with n = 1000 draws the std of a rate is at most 0.016: these margins are > 5σ
+    assert abs(before - chance) < 0.1 and after > chance + 0.15, (chance, before, after)
+    assert report["final_loss"] < np.log(6) - 0.2
