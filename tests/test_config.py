@@ -47,8 +47,8 @@ def test_presets_merge_over_base():
     assert toy.model.dtype == "float32"  # from base
     paper = load_config("toy-paper")
     assert (paper.space.length, paper.space.vocab_size, paper.toy.modulus) == (8, 10, 30)
-    assert list(paper.z_range) == [1.8, 2.1] and paper.bins.width == 0.01 and paper.sampler.t_min == 0.01
-    assert (paper.sampler.ladders, paper.sampler.steps, paper.sampler.burn_in) == (48, 3000, 300)
+    assert list(paper.z_range) == [1.8, 2.1] and paper.bins.width == 0.01 and paper.sampler.t_min == 0.3
+    assert (paper.sampler.ladders, paper.sampler.steps, paper.sampler.burn_in) == (80, 1500, 200)
     assert paper.cross_eval.n_draws == 100_000 and paper.toy.train_steps == 1200
     assert dict(paper.toy.archs.small) == dict(n_embd=64, n_head=4, n_layer=6)  # the paper's pair
     assert load_config("configs/toy.yaml") == toy

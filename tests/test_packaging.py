@@ -27,14 +27,15 @@ def test_mlproject_entry_points_follow_the_contract():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     assert project["name"] == "modeldiff" and project["conda_env"] == "conda.yaml"
     expected = {"sample_outdist": {"model"}, "cross_eval": {"outdist_run", "other_model", "direction"},
-                "normalize": {"ab_run", "ba_run"}, "main": {"model_a", "model_b"}}
+                "normalize": {"ab_run", "ba_run"}, "main": {"model_a", "model_b", "accelerate_config"}}
+    launcher = {"main": "accelerate launch --config_file {accelerate_config} "}  # the chain can scale out
     eps = project["entry_points"]
     assert set(eps) == set(expected)
     for name, params in expected.items():
         assert set(eps[name]["parameters"]) == params | {"config", "overrides"}
-        assert eps[name]["command"].startswith(f"python -m entrypoints.{name} ")
+        assert eps[name]["command"].startswith(launcher.get(name, "python ") + f"-m entrypoints.{name} ")
         for p in eps[name]["parameters"]:
-            assert f"--{p} {{{p}}}" in eps[name]["command"]
+            assert f"--{p} {{{p}}}" in eps[name]["command"] or p == "accelerate_config"
     assert eps["main"]["parameters"]["config"]["default"] == "configs/toy.yaml"
     assert eps["main"]["parameters"]["model_a"]["default"] == "toy:small"
     assert eps["main"]["parameters"]["model_b"]["default"] == "toy:large"
