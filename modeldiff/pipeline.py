@@ -16,7 +16,7 @@ from .models import LoadedModel, check_comparable
 from .normalize import lambda_sweep, ratio_from_frames
 from .outdist import OutputDistribution, build_output_distribution
 from .scoring import Scorer
-from .tempering import TemperingResult, TemperingSettings, geometric_temperatures, run_parallel_tempering
+from .tempering import Checkpointing, TemperingResult, TemperingSettings, geometric_temperatures, run_parallel_tempering
 
 
 def make_scorer(cfg, loaded: LoadedModel) -> Scorer:
@@ -38,9 +38,10 @@ def ladder_slice(n_ladders: int, index: int, n_processes: int) -> slice:
     return slice(int(bounds[index]), int(bounds[index + 1]))
 
 
-def run_sampler(cfg, loaded: LoadedModel, ladders: slice | None = None, progress: bool = False) -> TemperingResult:
+def run_sampler(cfg, loaded: LoadedModel, ladders: slice | None = None, progress: bool = False,
+                checkpointing: Checkpointing | None = None) -> TemperingResult:
     return run_parallel_tempering(make_scorer(cfg, loaded), loaded.space, tempering_settings(cfg), ladders=ladders,
-                                  progress=progress)
+                                  progress=progress, checkpointing=checkpointing)
 
 
 def build_outdist(cfg, loaded: LoadedModel, pt: TemperingResult) -> OutputDistribution:

@@ -41,6 +41,13 @@ class InputSpace:
         """|Ω| = V^L as an exact Python int."""
         return self.n_tokens ** self.length
 
+    def columns(self) -> slice | torch.Tensor:
+        """The allowed ids as an index into a vocabulary axis: a slice (a view, no copy) when they are contiguous."""
+        lo = self.token_ids[0]
+        if self.token_ids == tuple(range(lo, lo + self.n_tokens)):
+            return slice(lo, lo + self.n_tokens)
+        return self.ids_tensor()
+
     def ids_tensor(self, device=None) -> torch.Tensor:
         return torch.tensor(self.token_ids, dtype=torch.long, device=device)
 

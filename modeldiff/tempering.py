@@ -12,7 +12,8 @@ a slice of the ladders (`ladders=`) makes exactly the moves the one-process run 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -86,61 +87,131 @@ def _grid_uniforms(gen: torch.Generator, k: int, c: int, shapes: dict[str, int],
     return out
 
 
+@dataclass
+class Checkpointing:
+    """Checkpoints of a PT run. Every `every` steps `save(checkpoint)` receives this slice's state (a dict of
+    tensors with a ladder axis, see `merge_checkpoints`); `resume_from` restarts from such a dict."""
+    every: int
+    save: Callable[[dict], None] | None = None
+    resume_from: dict | None = None
+
+
+CHECKPOINT_FORMAT = 1
+# per-ladder tensors of a checkpoint and the axis that indexes ladders in each
+_LADDER_AXIS = {"slots": 1, "z": 1, "rec_slots": 2, "rec_z": 2, "accepted": 1, "swaps_done": 1}
+
+
+def merge_checkpoints(parts: list[dict]) -> dict:
+    """One checkpoint from the checkpoints of disjoint, consecutive ladder slices (process order)."""
+    out = {k: v for k, v in parts[0].items() if k not in _LADDER_AXIS}
+    out["ladders"] = (parts[0]["ladders"][0], parts[-1]["ladders"][1])
+    for name, axis in _LADDER_AXIS.items():
+        out[name] = torch.cat([p[name] for p in parts], dim=axis)
+    out["seconds"] = max(p["seconds"] for p in parts)
+    out["n_scored"] = sum(p["n_scored"] for p in parts)
+    return out
+
+
+def slice_checkpoint(ckpt: dict, cols: slice) -> dict:
+    """The part of a (merged) checkpoint that a process running ladders `cols` resumes from."""
+    lo, hi = ckpt["ladders"]
+    start, stop = cols.start, cols.stop
+    if not lo <= start <= stop <= hi:
+        raise ValueError(f"the checkpoint holds ladders {lo}..{hi - 1}, not {start}..{stop - 1}")
+    out = {k: v for k, v in ckpt.items() if k not in _LADDER_AXIS}
+    out["ladders"] = (start, stop)
+    for name, axis in _LADDER_AXIS.items():
+        out[name] = ckpt[name].narrow(axis, start - lo, stop - start)
+    return out
+
+
+def _settings_fingerprint(settings: TemperingSettings) -> dict:
+    return {k: v for k, v in asdict(settings).items()}
+
+
 def run_parallel_tempering(scorer, space: InputSpace, settings: TemperingSettings, ladders: slice | None = None,
-                           progress: bool = True) -> TemperingResult:
+                           progress: bool = True, checkpointing: Checkpointing | None = None) -> TemperingResult:
     temps = torch.tensor(settings.temperatures, dtype=torch.float32)
-    k_count, c_total = len(temps), settings.ladders
+    k_count, c_total, length = len(temps), settings.ladders, space.length
     cols = ladders or slice(0, c_total)
     ladder_ids = torch.arange(c_total)[cols]
     c = len(ladder_ids)
     gen = torch.Generator().manual_seed(settings.seed)
     kernel = make_kernel(settings.kernel, space, scorer, **settings.kernel_params)
     shapes = kernel.uniform_shapes(space)
+    n_rec_steps = settings.n_records_per_chain
 
-    # chain index = k * c + j (temperature-major)
-    init = torch.randint(space.n_tokens, (k_count, c_total, space.length), generator=gen)[:, cols]
-    state = ChainState(init.reshape(-1, space.length).clone(), torch.zeros(0))
-    state.z = kernel.score(state.slots)
+    # records are laid out [record step, temperature, ladder]; chain index = k * c + j (temperature-major)
+    rec_slots = torch.empty((n_rec_steps, k_count, c, length), dtype=torch.int32)
+    rec_z = torch.empty((n_rec_steps, k_count, c), dtype=torch.float32)
+    accepted = torch.zeros((k_count, c))
+    swaps_tried, swaps_done = torch.zeros(max(k_count - 1, 0)), torch.zeros((max(k_count - 1, 0), c))
+    init = torch.randint(space.n_tokens, (k_count, c_total, length), generator=gen)[:, cols]
+    first_step, seconds0, scored0 = 0, 0.0, 0
+    resume = checkpointing.resume_from if checkpointing else None
+    if resume is not None:
+        if resume.get("format") != CHECKPOINT_FORMAT or resume["settings"] != _settings_fingerprint(settings):
+            raise ValueError("the checkpoint was written with other sampler settings (or by another modeldiff "
+                             "version): resume with the config of the interrupted run, or start afresh")
+        resume = slice_checkpoint(resume, cols)
+        gen.set_state(resume["generator"])
+        init, first_step = resume["slots"], int(resume["step"])
+        done = resume["rec_z"].shape[0]
+        rec_slots[:done], rec_z[:done] = resume["rec_slots"], resume["rec_z"]
+        accepted, swaps_done = resume["accepted"].clone(), resume["swaps_done"].clone()
+        swaps_tried = resume["swaps_tried"].clone()
+        seconds0, scored0 = float(resume["seconds"]), int(resume["n_scored"])
+    state = ChainState(init.reshape(-1, length).long().clone(), torch.zeros(0))
+    kernel.init(state)  # kernel caches are functions of the state: recomputed, never stored
     beta = (1.0 / temps).repeat_interleave(c)
+    t0, n_scored_start = time.perf_counter(), scorer.n_scored
 
-    n_rec = settings.n_records_per_chain * k_count * c
-    rec_slots = torch.empty((n_rec, space.length), dtype=torch.int32)
-    rec_z = torch.empty(n_rec, dtype=torch.float32)
-    rec_step = torch.empty(n_rec, dtype=torch.int32)
-    rec_replica = torch.arange(k_count, dtype=torch.int16).repeat_interleave(c).repeat(settings.n_records_per_chain)
-    rec_ladder = ladder_ids.to(torch.int32).repeat(k_count).repeat(settings.n_records_per_chain)
-    accepted = torch.zeros(k_count)
-    swaps_tried, swaps_done = torch.zeros(max(k_count - 1, 0)), torch.zeros(max(k_count - 1, 0))
-    t0, scored0, r = time.perf_counter(), scorer.n_scored, 0
+    def snapshot(next_step: int) -> dict:
+        done = len(range(settings.burn_in, next_step, settings.thin)) if next_step > settings.burn_in else 0
+        return {"format": CHECKPOINT_FORMAT, "settings": _settings_fingerprint(settings), "step": next_step,
+                "ladders": (int(ladder_ids[0]), int(ladder_ids[-1]) + 1), "generator": gen.get_state(),
+                "slots": state.slots.view(k_count, c, length).clone(), "z": state.z.view(k_count, c).clone(),
+                "rec_slots": rec_slots[:done].clone(), "rec_z": rec_z[:done].clone(),
+                "accepted": accepted.clone(), "swaps_done": swaps_done.clone(), "swaps_tried": swaps_tried.clone(),
+                "seconds": seconds0 + time.perf_counter() - t0,
+                "n_scored": scored0 + scorer.n_scored - n_scored_start}
 
-    for step in tqdm(range(settings.steps), desc=f"PT {settings.kernel}", disable=not progress, leave=False):
+    steps = range(first_step, settings.steps)
+    for step in tqdm(steps, desc=f"PT {settings.kernel}", disable=not progress, leave=False, initial=first_step,
+                     total=settings.steps):
         u = _grid_uniforms(gen, k_count, c_total, shapes, cols)
         acc = kernel.step(state, beta, u)
-        accepted += acc.float().view(k_count, c).sum(1)
+        accepted += acc.float().view(k_count, c)
 
         if k_count > 1 and step % settings.swap_every == 0:
             u_swap = torch.rand((k_count - 1, c_total), generator=gen)[:, cols].clamp_(min=1e-12)
             parity = (step // settings.swap_every) % 2
             z = state.z.view(k_count, c)
-            slots = state.slots.view(k_count, c, space.length)
             for k in range(parity, k_count - 1, 2):
                 log_a = (1 / temps[k] - 1 / temps[k + 1]) * (z[k] - z[k + 1])
                 do = torch.log(u_swap[k]) < log_a
-                swaps_tried[k] += c
-                swaps_done[k] += do.sum()
-                z[k, do], z[k + 1, do] = z[k + 1, do].clone(), z[k, do].clone()
-                slots[k, do], slots[k + 1, do] = slots[k + 1, do].clone(), slots[k, do].clone()
+                swaps_tried[k] += 1
+                swaps_done[k] += do.float()
+                j = torch.nonzero(do).squeeze(-1)
+                state.swap(k * c + j, (k + 1) * c + j)
 
         if step >= settings.burn_in and (step - settings.burn_in) % settings.thin == 0:
-            sl = slice(r, r + k_count * c)
-            rec_slots[sl] = state.slots.to(torch.int32)
-            rec_z[sl] = state.z
-            rec_step[sl] = step
-            r += k_count * c
+            r = (step - settings.burn_in) // settings.thin
+            rec_slots[r] = state.slots.view(k_count, c, length).to(torch.int32)
+            rec_z[r] = state.z.view(k_count, c)
 
-    ids = np.asarray(space.token_ids, dtype=np.int64)[rec_slots.numpy()]
+        if checkpointing and checkpointing.save and checkpointing.every > 0 and (step + 1) % checkpointing.every == 0 and step + 1 < settings.steps:
+            checkpointing.save(snapshot(step + 1))
+
+    n_rec = n_rec_steps * k_count * c
+    ids = np.asarray(space.token_ids, dtype=np.int64)[rec_slots.reshape(n_rec, length).numpy()]
+    rec_step = torch.arange(settings.burn_in, settings.steps, settings.thin, dtype=torch.int32)
+    n_steps = settings.steps
     return TemperingResult(
-        ids=ids, z=rec_z.numpy(), replica=rec_replica.numpy(), ladder=rec_ladder.numpy(), step=rec_step.numpy(),
-        temperatures=temps.numpy().astype(np.float64), acceptance=(accepted / (settings.steps * c)).numpy(),
-        swap_acceptance=(swaps_done / swaps_tried.clamp(min=1)).numpy(),
-        seconds=time.perf_counter() - t0, n_scored=scorer.n_scored - scored0)
+        ids=ids, z=rec_z.reshape(-1).numpy(),
+        replica=torch.arange(k_count, dtype=torch.int16).repeat_interleave(c).repeat(n_rec_steps).numpy(),
+        ladder=ladder_ids.to(torch.int32).repeat(k_count).repeat(n_rec_steps).numpy(),
+        step=rec_step.repeat_interleave(k_count * c).numpy(),
+        temperatures=temps.numpy().astype(np.float64), acceptance=(accepted.sum(1) / (n_steps * c)).numpy(),
+        swap_acceptance=(swaps_done.sum(1) / (swaps_tried * c).clamp(min=1)).numpy(),
+        seconds=seconds0 + time.perf_counter() - t0, n_scored=scored0 + scorer.n_scored - n_scored_start)

@@ -17,7 +17,7 @@ CHI2_999 = {63: 103.4, 26: 54.05}  # 0.999 quantiles of chi-square by degrees of
 def run_independent_chains(kernel, space, temperature, seed=0):
     gen = torch.Generator().manual_seed(seed)
     state = ChainState(space.random_slots(N_CHAINS, gen), torch.zeros(0))
-    state.z = kernel.score(state.slots)
+    kernel.init(state)
     beta = torch.full((N_CHAINS,), 1.0 / temperature)
     for _ in range(N_STEPS):
         kernel.step(state, beta, _grid_uniforms(gen, 1, N_CHAINS, kernel.uniform_shapes(space), slice(None)))
@@ -80,13 +80,14 @@ def test_unknown_kernel_is_a_clear_error(setting):
         make_kernel("nope", space, scorer)
 
 
-def test_mh_uniform_on_a_restricted_token_set(random_gpt2):
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernel_on_a_restricted_token_set(name, random_gpt2):
     """Allowed tokens that are not 0..V-1 (3 of the 4 ids): still detailed balance, ids stay allowed."""
     task, model = random_gpt2
     space = InputSpace(3, (0, 2, 3), task.bos_token_id)
     scorer = Scorer(model, task.bos_token_id)
     z_all = scorer.score_numpy(space.index_to_ids(np.arange(space.size)))
     temperature = 0.5 * float(z_all.std())
-    stat, dof = chi_square(run_independent_chains(make_kernel("mh_uniform", space, scorer), space, temperature),
+    stat, dof = chi_square(run_independent_chains(make_kernel(name, space, scorer), space, temperature),
                            z_all, temperature)
     assert stat < CHI2_999[dof]

@@ -42,3 +42,32 @@ def test_scorer_rejects_non_finite(random_gpt2):
         model.transformer.wte.weight[1] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN/inf"):
         Scorer(model, task.bos_token_id)(torch.tensor([[1, 0, 0]]))
+
+
+@pytest.mark.parametrize("output", ["mean_nll", "sum_nll"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_onehot_gradient_equals_autograd_through_a_one_hot_input(arch, output, random_gpt2, tiny_llama):
+    """GWG's ∂z/∂onehot(x) (embedding projection + target log-probs, computed by hand) equals autograd
+    through an explicit one-hot relaxation, for every allowed (position, token); and the log-probs
+    that lm_proposal caches are the model's own conditionals."""
+    model = random_gpt2[1] if arch == "gpt2" else tiny_llama
+    bos = random_gpt2[0].bos_token_id if arch == "gpt2" else 11
+    allowed = torch.tensor([0, 1, 3]) if arch == "gpt2" else torch.arange(2, 9)
+    scorer = Scorer(model, bos, output=output)
+    ids = allowed[torch.randint(len(allowed), (5, 4), generator=torch.Generator().manual_seed(0))]
+    z, grad = scorer.with_onehot_gradient(ids, allowed)
+
+    E = model.get_input_embeddings().weight.detach()
+    onehot = torch.nn.functional.one_hot(ids, E.shape[0]).float().requires_grad_(True)
+    emb = torch.cat([E[bos].expand(len(ids), 1, -1), onehot @ E], dim=1)
+    logp = torch.log_softmax(model(inputs_embeds=emb).logits[:, :-1].float(), -1)
+    nll = -(onehot * logp).sum((-1, -2))
+    z_ref = nll / ids.shape[1] if output == "mean_nll" else nll
+    (g_ref,) = torch.autograd.grad(z_ref.sum(), onehot)
+    torch.testing.assert_close(z, z_ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, g_ref[..., allowed], rtol=1e-4, atol=1e-5)
+    assert torch.equal(z, scorer(ids))
+
+    z2, cond = scorer.with_logprobs(ids, allowed)
+    torch.testing.assert_close(cond, logp.detach()[..., allowed], rtol=1e-5, atol=1e-5)
+    assert torch.equal(z2, z) or torch.allclose(z2, z, atol=1e-6)
