@@ -41,9 +41,12 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
     exp = parent.info.experiment_id if parent else None
     runs = {}
     for role, m in (("A", a), ("B", b)):
+        h = sample_outdist.stage_hash(cfg, m)
+        # an identical sampling run that was interrupted continues from its checkpoint
+        resume = dist.broadcast(tracking.find_resumable_run("sample_outdist", h, exp) if dist.is_main else None)
         runs[f"sample_outdist_{role}"] = _step(
-            cfg, dist, exp, "sample_outdist", sample_outdist.stage_hash(cfg, m), f"sample_outdist {role} {m.ref}",
-            {"model": m.ref}, partial(sample_outdist.execute, cfg, dist, m))
+            cfg, dist, exp, "sample_outdist", h, f"sample_outdist {role} {m.ref}",
+            {"model": m.ref}, partial(sample_outdist.execute, cfg, dist, m, resume))
     for direction, (src, other) in (("AB", (a, b)), ("BA", (b, a))):
         od_run = runs[f"sample_outdist_{direction[0]}"]
         runs[f"cross_eval_{direction}"] = _step(
@@ -65,11 +68,13 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
 
 def main(argv=None):
     p = parser("Compare two models: the whole Model-diff chain as child runs, reusing finished identical runs.")
-    p.add_argument("--model_a", default="toy:small")
-    p.add_argument("--model_b", default="toy:large")
+    p.add_argument("--model_a", default="", help="model A (default: the config's models.a)")
+    p.add_argument("--model_b", default="", help="model B (default: the config's models.b)")
     args = p.parse_args(argv)
     with user_errors():
         cfg, dist = setup(args)
+        args.model_a = args.model_a.strip() or cfg.models.a
+        args.model_b = args.model_b.strip() or cfg.models.b
         with dist.main_run("main", cfg, vars(args), run_name=f"main {args.model_a} vs {args.model_b}"):
             return chain(cfg, dist, args.model_a, args.model_b)
 

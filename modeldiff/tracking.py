@@ -26,6 +26,11 @@ ENTRY_POINT = "modeldiff.entry_point"
 CONFIG_HASH = "modeldiff.config_hash"
 MODEL, MODEL_A, MODEL_B = "modeldiff.model", "modeldiff.model_a", "modeldiff.model_b"
 DIRECTION = "modeldiff.direction"
+# set when a run starts, so an interrupted run can be matched to the config that would resume it
+PENDING_HASH = "modeldiff.pending_hash"
+CHECKPOINT_STEP = "modeldiff.checkpoint_step"
+CHECKPOINT_FILE = "checkpoints/pt_state.pt"
+RESUMED_FROM = "modeldiff.resumed_from"
 
 
 def setup():
@@ -78,6 +83,57 @@ def find_finished_run(entry_point: str, config_hash: str, experiment_id: str) ->
         filter_string=f"tags.`{ENTRY_POINT}` = '{entry_point}' and tags.`{CONFIG_HASH}` = '{config_hash}' "
                       "and attributes.status = 'FINISHED'")
     return runs[0].info.run_id if runs else None
+
+
+def find_resumable_run(entry_point: str, config_hash: str, experiment_id: str) -> str | None:
+    """The newest failed or killed run of `entry_point` for this config hash that left a checkpoint, or None.
+    (A RUNNING one may still be alive: it is resumed only when asked for by run id.)"""
+    runs = MlflowClient().search_runs(
+        [experiment_id], max_results=20, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{ENTRY_POINT}` = '{entry_point}' and tags.`{PENDING_HASH}` = '{config_hash}' "
+                      f"and tags.`{CHECKPOINT_STEP}` != ''")
+    return next((r.info.run_id for r in runs if r.info.status in ("FAILED", "KILLED")), None)
+
+
+def log_checkpoint(ckpt: dict):
+    """Overwrite the active run's checkpoint artifact (written to a temporary file first, then logged)."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(CHECKPOINT_FILE).name
+        torch.save(ckpt, local)
+        mlflow.log_artifact(str(local), str(Path(CHECKPOINT_FILE).parent))
+    mlflow.set_tag(CHECKPOINT_STEP, str(ckpt["step"]))
+
+
+def load_checkpoint(run_id: str, entry_point: str, config_hash: str) -> dict:
+    """The last checkpoint of an interrupted run, after checking that this config and model would resume it.
+    A run left RUNNING by a killed process is marked KILLED."""
+    import torch
+
+    try:
+        run = MlflowClient().get_run(str(run_id).strip())
+    except MlflowException:
+        raise ValueError(f"run {run_id!r} does not exist in {mlflow.get_tracking_uri()}: pass the run id of an "
+                         f"interrupted {entry_point} run to resume") from None
+    tags = run.data.tags
+    if tags.get(ENTRY_POINT) != entry_point:
+        raise ValueError(f"run {run_id} is a {tags.get(ENTRY_POINT) or 'non-modeldiff'} run: resume needs the run id "
+                         f"of an interrupted {entry_point} run")
+    if run.info.status == "FINISHED":
+        raise ValueError(f"{entry_point} run {run_id} finished: there is nothing to resume, use its results as they are")
+    if tags.get(PENDING_HASH) != config_hash:
+        raise ValueError(f"run {run_id} was started with another config or model than this one: resume it with the "
+                         "same config, overrides and model (only checkpoint.every may differ)")
+    if CHECKPOINT_STEP not in tags:
+        raise ValueError(f"run {run_id} stopped before its first checkpoint (every checkpoint.every steps): "
+                         "start it again without resume")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=CHECKPOINT_FILE, dst_path=tmp)
+        ckpt = torch.load(path, weights_only=True)
+    if run.info.status == "RUNNING":
+        MlflowClient().set_terminated(run.info.run_id, "KILLED")
+    return ckpt
 
 
 @contextmanager

@@ -9,7 +9,7 @@ def test_unknown_key_is_an_error_naming_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown config key 'sampler\.stepz' in overrides; valid keys under "
                                           r"'sampler': kernel, kernel_params, t_min, .*steps"):
         load_config("toy", "sampler.stepz=10")
-    with pytest.raises(ConfigError, match=r"unknown config key 'nope' .*top level: seed, space, z_range"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'nope' .*top level: seed, models, space, z_range"):
         load_config("toy", "nope=1")
 
 
@@ -36,6 +36,24 @@ def test_overrides_string_and_list():
     assert load_config("toy", ["space.length=7"]).space.length == 7
     with pytest.raises(ConfigError, match="not key=value"):
         load_config("toy", "space.length")
+
+
+@pytest.mark.parametrize("preset", ["toy", "toy-paper", "smollm2", "gpt2-25", "gpt2-100", "llama-25"])
+def test_every_preset_loads(preset):
+    cfg = load_config(preset)
+    assert cfg.models.a and cfg.models.b and cfg.z_range[0] < cfg.z_range[1]
+
+
+def test_paper_presets_follow_appendix_c():
+    gpt2 = load_config("gpt2-25")
+    assert (gpt2.space.length, list(gpt2.z_range), gpt2.models.a, gpt2.models.b) == (25, [2.0, 4.0], "gpt2", "gpt2-medium")
+    assert gpt2.sampler.t_min == pytest.approx(10 ** -2) and gpt2.sampler.t_max == pytest.approx(10 ** -1.25, rel=1e-5)
+    long = load_config("gpt2-100")
+    assert long.space.length == 100 and list(long.z_range) == [4.0, 5.0]
+    assert long.sampler.t_min == pytest.approx(10 ** -3.5, rel=1e-5) and long.sampler.t_max == pytest.approx(10 ** -1.3, rel=1e-5)
+    llama = load_config("llama-25")
+    assert llama.space.length == 25 and list(llama.z_range) == [3.5, 4.5]
+    assert llama.sampler.t_min == pytest.approx(1e-6) and llama.sampler.t_max == 1.0
 
 
 def test_presets_merge_over_base():

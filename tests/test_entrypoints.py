@@ -3,13 +3,17 @@ and bad input. Everything goes to a temporary SQLite store, artifact root and mo
 import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from entrypoints import cross_eval, main, normalize, sample_outdist
+from modeldiff import tracking
 from modeldiff.toy import ToyTask, make_toy_model
 
 pytestmark = pytest.mark.integration
@@ -172,3 +176,52 @@ def test_two_processes_give_the_one_process_result(store, chain):
         ["cross_eval", "cross_eval", "main", "normalize", "sample_outdist", "sample_outdist"]  # logged once
     parent = next(r for r in runs if r.data.tags["modeldiff.entry_point"] == "main")
     assert ratio_of(parent.info.run_id) == ratio_of(children["normalize"])
+
+
+def _outdist_arrays(run_id):
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="outdist/outdist.npz")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_a_killed_sampling_run_resumes_to_the_uninterrupted_result(store, chain):
+    """SIGKILL mid-run, `--resume <run id>`: the same records (and so the same ρ̃) as a run never interrupted."""
+    over = OVERRIDES.replace("sampler.steps=300", "sampler.steps=2500") + " checkpoint.every=200"
+    cmd = [sys.executable, "-m", "entrypoints.sample_outdist", "--config", "configs/toy.yaml", "--overrides", over,
+           "--model", "toy:small"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=store["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, killed = time.time() + 300, None
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            for run in runs_of(store, "sample_outdist", "RUNNING"):
+                if int(run.data.tags.get("modeldiff.checkpoint_step", 0)) >= 400:
+                    proc.kill()
+                    killed = run.info.run_id
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert killed, "the run finished or never checkpointed before it could be killed"
+    checkpoint_step = int(MlflowClient().get_run(killed).data.tags["modeldiff.checkpoint_step"])
+    assert 400 <= checkpoint_step < 2500
+
+    res = subprocess.run(cmd + ["--resume", killed], cwd=ROOT, env=store["env"], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = runs_of(store, "sample_outdist", "FINISHED")[0]
+    assert resumed.data.tags["modeldiff.resumed_from"] == killed
+    killed_run = MlflowClient().get_run(killed)
+    assert killed_run.info.status == "KILLED"
+    # what `main` looks for to resume an identical interrupted sampling run by itself
+    assert tracking.find_resumable_run("sample_outdist", killed_run.data.tags["modeldiff.pending_hash"],
+                                       store["experiment_id"]) == killed
+    uninterrupted = sample_outdist.main(["--config", "configs/toy.yaml", "--overrides", over, "--model", "toy:small"])
+    full = MlflowClient().get_run(uninterrupted).data.metrics
+    assert resumed.data.metrics["n_records"] == full["n_records"] == 2400 * 12 * 8
+    got, want = _outdist_arrays(resumed.info.run_id), _outdist_arrays(uninterrupted)
+    for name in ("hist", "ln_rho", "edges"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # a finished run has nothing to resume; a run of another config is refused
+    err = subprocess.run(cmd + ["--resume", uninterrupted], cwd=ROOT, env=store["env"], capture_output=True,
+                         text=True, timeout=600).stderr
+    assert "finished: there is nothing to resume" in err

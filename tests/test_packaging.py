@@ -26,7 +26,7 @@ def test_conda_env_lists_the_pyproject_dependencies():
 def test_mlproject_entry_points_follow_the_contract():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     assert project["name"] == "modeldiff" and project["conda_env"] == "conda.yaml"
-    expected = {"sample_outdist": {"model"}, "cross_eval": {"outdist_run", "other_model", "direction"},
+    expected = {"sample_outdist": {"model", "resume"}, "cross_eval": {"outdist_run", "other_model", "direction"},
                 "normalize": {"ab_run", "ba_run"}, "main": {"model_a", "model_b", "accelerate_config"}}
     launcher = {"main": "accelerate launch --config_file {accelerate_config} "}  # the chain can scale out
     eps = project["entry_points"]
@@ -37,8 +37,8 @@ def test_mlproject_entry_points_follow_the_contract():
         for p in eps[name]["parameters"]:
             assert f"--{p} {{{p}}}" in eps[name]["command"] or p == "accelerate_config"
     assert eps["main"]["parameters"]["config"]["default"] == "configs/toy.yaml"
-    assert eps["main"]["parameters"]["model_a"]["default"] == "toy:small"
-    assert eps["main"]["parameters"]["model_b"]["default"] == "toy:large"
+    assert eps["main"]["parameters"]["model_a"]["default"] == ""  # "" = the config's models.a (toy:small in toy)
+    assert eps["main"]["parameters"]["model_b"]["default"] == ""
     assert eps["cross_eval"]["parameters"]["direction"]["default"] == "AB"
 
 
