@@ -125,10 +125,6 @@ def slice_checkpoint(ckpt: dict, cols: slice) -> dict:
     return out
 
 
-def _settings_fingerprint(settings: TemperingSettings) -> dict:
-    return {k: v for k, v in asdict(settings).items()}
-
-
 def run_parallel_tempering(scorer, space: InputSpace, settings: TemperingSettings, ladders: slice | None = None,
                            progress: bool = True, checkpointing: Checkpointing | None = None) -> TemperingResult:
     temps = torch.tensor(settings.temperatures, dtype=torch.float32)
@@ -150,7 +146,7 @@ def run_parallel_tempering(scorer, space: InputSpace, settings: TemperingSetting
     first_step, seconds0, scored0 = 0, 0.0, 0
     resume = checkpointing.resume_from if checkpointing else None
     if resume is not None:
-        if resume.get("format") != CHECKPOINT_FORMAT or resume["settings"] != _settings_fingerprint(settings):
+        if resume.get("format") != CHECKPOINT_FORMAT or resume["settings"] != asdict(settings):
             raise ValueError("the checkpoint was written with other sampler settings (or by another modeldiff "
                              "version): resume with the config of the interrupted run, or start afresh")
         resume = slice_checkpoint(resume, cols)
@@ -168,7 +164,7 @@ def run_parallel_tempering(scorer, space: InputSpace, settings: TemperingSetting
 
     def snapshot(next_step: int) -> dict:
         done = len(range(settings.burn_in, next_step, settings.thin)) if next_step > settings.burn_in else 0
-        return {"format": CHECKPOINT_FORMAT, "settings": _settings_fingerprint(settings), "step": next_step,
+        return {"format": CHECKPOINT_FORMAT, "settings": asdict(settings), "step": next_step,
                 "ladders": (int(ladder_ids[0]), int(ladder_ids[-1]) + 1), "generator": gen.get_state(),
                 "slots": state.slots.view(k_count, c, length).clone(), "z": state.z.view(k_count, c).clone(),
                 "rec_slots": rec_slots[:done].clone(), "rec_z": rec_z[:done].clone(),
