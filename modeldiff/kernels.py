@@ -65,9 +65,14 @@ class Kernel(ABC):
     def score(self, slots: torch.Tensor) -> torch.Tensor:
         return self.scorer(self.space.slots_to_ids(slots))
 
+    def evaluate(self, slots: torch.Tensor) -> ChainState:
+        """The chain state of configurations `slots`: z, plus whatever the kernel caches about them."""
+        return ChainState(slots, self.score(slots))
+
     def init(self, state: ChainState):
         """Fill z (and any cache) for freshly placed or restored chains."""
-        state.z = self.score(state.slots)
+        fresh = self.evaluate(state.slots)
+        state.z, state.cache = fresh.z, fresh.cache
 
     @abstractmethod
     def step(self, state: ChainState, beta: torch.Tensor, uniforms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -154,10 +159,6 @@ class GibbsWithGradients(Kernel):
         return ChainState(slots, z, {"delta": delta, "lse": torch.zeros(n, length),
                                      "lse_beta": torch.full((n,), float("nan"))})
 
-    def init(self, state):
-        fresh = self.evaluate(state.slots)
-        state.z, state.cache = fresh.z, fresh.cache
-
     def _position_lse(self, delta: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(delta * (-(beta * self.scale))[:, None, None], dim=-1)
 
@@ -215,10 +216,6 @@ class LMProposal(Kernel):
     def evaluate(self, slots: torch.Tensor) -> ChainState:
         z, logp = self.scorer.with_logprobs(self.space.slots_to_ids(slots), self.allowed)
         return ChainState(slots, z, {"logp": logp})
-
-    def init(self, state):
-        fresh = self.evaluate(state.slots)
-        state.z, state.cache = fresh.z, fresh.cache
 
     def tau(self, beta: torch.Tensor) -> torch.Tensor:
         if self.temperature == "match":

@@ -98,7 +98,7 @@ class Checkpointing:
 
 CHECKPOINT_FORMAT = 1
 # per-ladder tensors of a checkpoint and the axis that indexes ladders in each
-_LADDER_AXIS = {"slots": 1, "z": 1, "rec_slots": 2, "rec_z": 2, "accepted": 1, "swaps_done": 1}
+_LADDER_AXIS = {"slots": 1, "rec_slots": 2, "rec_z": 2, "accepted": 1, "swaps_done": 1}
 
 
 def merge_checkpoints(parts: list[dict]) -> dict:
@@ -166,14 +166,14 @@ def run_parallel_tempering(scorer, space: InputSpace, settings: TemperingSetting
         done = len(range(settings.burn_in, next_step, settings.thin)) if next_step > settings.burn_in else 0
         return {"format": CHECKPOINT_FORMAT, "settings": asdict(settings), "step": next_step,
                 "ladders": (int(ladder_ids[0]), int(ladder_ids[-1]) + 1), "generator": gen.get_state(),
-                "slots": state.slots.view(k_count, c, length).clone(), "z": state.z.view(k_count, c).clone(),
+                "slots": state.slots.view(k_count, c, length).clone(),
                 "rec_slots": rec_slots[:done].clone(), "rec_z": rec_z[:done].clone(),
                 "accepted": accepted.clone(), "swaps_done": swaps_done.clone(), "swaps_tried": swaps_tried.clone(),
                 "seconds": seconds0 + time.perf_counter() - t0,
                 "n_scored": scored0 + scorer.n_scored - n_scored_start}
 
-    steps = range(first_step, settings.steps)
-    for step in tqdm(steps, desc=f"PT {settings.kernel}", disable=not progress, leave=False, initial=first_step,
+    save_every = checkpointing.every if checkpointing and checkpointing.save else 0
+    for step in tqdm(range(first_step, settings.steps), desc=f"PT {settings.kernel}", disable=not progress, leave=False, initial=first_step,
                      total=settings.steps):
         u = _grid_uniforms(gen, k_count, c_total, shapes, cols)
         acc = kernel.step(state, beta, u)
@@ -196,18 +196,17 @@ def run_parallel_tempering(scorer, space: InputSpace, settings: TemperingSetting
             rec_slots[r] = state.slots.view(k_count, c, length).to(torch.int32)
             rec_z[r] = state.z.view(k_count, c)
 
-        if checkpointing and checkpointing.save and checkpointing.every > 0 and (step + 1) % checkpointing.every == 0 and step + 1 < settings.steps:
+        if save_every > 0 and (step + 1) % save_every == 0 and step + 1 < settings.steps:
             checkpointing.save(snapshot(step + 1))
 
     n_rec = n_rec_steps * k_count * c
     ids = np.asarray(space.token_ids, dtype=np.int64)[rec_slots.reshape(n_rec, length).numpy()]
     rec_step = torch.arange(settings.burn_in, settings.steps, settings.thin, dtype=torch.int32)
-    n_steps = settings.steps
     return TemperingResult(
         ids=ids, z=rec_z.reshape(-1).numpy(),
         replica=torch.arange(k_count, dtype=torch.int16).repeat_interleave(c).repeat(n_rec_steps).numpy(),
         ladder=ladder_ids.to(torch.int32).repeat(k_count).repeat(n_rec_steps).numpy(),
         step=rec_step.repeat_interleave(k_count * c).numpy(),
-        temperatures=temps.numpy().astype(np.float64), acceptance=(accepted.sum(1) / (n_steps * c)).numpy(),
+        temperatures=temps.numpy().astype(np.float64), acceptance=(accepted.sum(1) / (settings.steps * c)).numpy(),
         swap_acceptance=(swaps_done.sum(1) / (swaps_tried * c).clamp(min=1)).numpy(),
         seconds=seconds0 + time.perf_counter() - t0, n_scored=scored0 + scorer.n_scored - n_scored_start)
