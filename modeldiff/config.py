@@ -32,6 +32,7 @@ STAGE_KEYS = {
     "sample_outdist": ("seed", "space", "z_range", "output", "bins", "sampler", "reweighting", "model.dtype"),
     "cross_eval": ("seed", "output", "cross_eval", "model.dtype"),
     "normalize": ("lambda",),
+    "plagiarism_check": ("seed", "plagiarism"),
 }
 
 
@@ -161,6 +162,16 @@ def validate(cfg: DictConfig):
         ("toy.train_steps", t.train_steps >= 1, ">= 1"),
         ("toy.lr", t.lr > 0, "> 0"),
         ("toy.batch_size", t.batch_size >= 1, ">= 1"),
+        ("plagiarism.dominated", 0 <= cfg.plagiarism.dominated < 1, ">= 0 and < 1"),
+        ("plagiarism.own_wins", 0 < cfg.plagiarism.own_wins <= 1, "> 0 and <= 1"),
+        ("plagiarism.confidence", 0 < cfg.plagiarism.confidence < 1, "> 0 and < 1"),
+        ("plagiarism.near_identical", cfg.plagiarism.near_identical >= 0, ">= 0"),
+        ("plagiarism.identical_tolerance", cfg.plagiarism.identical_tolerance >= 0, ">= 0"),
+        ("plagiarism.weight_alpha", 0 < cfg.plagiarism.weight_alpha < 1, "> 0 and < 1"),
+        ("plagiarism.noise_alpha", 0 < cfg.plagiarism.noise_alpha < 1, "> 0 and < 1"),
+        ("plagiarism.direction_z", cfg.plagiarism.direction_z > 0, "> 0"),
+        ("plagiarism.permutations", cfg.plagiarism.permutations >= 1, ">= 1"),
+        ("plagiarism.simulations", cfg.plagiarism.simulations >= 1, ">= 1"),
     ]
     for key, ok, need in checks:
         if not ok:

@@ -15,6 +15,8 @@ from .cross_eval import cross_evaluate
 from .models import LoadedModel, check_comparable
 from .normalize import lambda_sweep, ratio_from_frames
 from .outdist import OutputDistribution, build_output_distribution
+from .plagiarism import Thresholds, Verdict, black_box, decide, report
+from .relatedness import weight_relatedness
 from .scoring import Scorer
 from .tempering import Checkpointing, TemperingResult, TemperingSettings, geometric_temperatures, run_parallel_tempering
 
@@ -89,3 +91,21 @@ def normalize(cfg, ab: pd.DataFrame, ba: pd.DataFrame) -> tuple[dict, pd.DataFra
     """ratio.json's record at λ = cfg.lambda, and the λ sweep."""
     ratio = ratio_from_frames(ab, ba, float(cfg["lambda"]))
     return ratio, lambda_sweep(ab["D"], ab["in_z_other"], ba["D"], ba["in_z_other"])
+
+
+def plagiarism_thresholds(cfg) -> Thresholds:
+    p = cfg.plagiarism
+    return Thresholds(dominated=float(p.dominated), own_wins=float(p.own_wins), weight_alpha=float(p.weight_alpha),
+                      noise_alpha=float(p.noise_alpha), direction_z=float(p.direction_z),
+                      near_identical=float(p.near_identical), identical_tolerance=float(p.identical_tolerance), confidence=float(p.confidence))
+
+
+def plagiarism(cfg, a: LoadedModel, b: LoadedModel, ab: pd.DataFrame, ba: pd.DataFrame) -> tuple[Verdict, dict]:
+    """The verdict on the pair (is B a copy of A, or A of B?) from both sides' cross_eval draws and, when the
+    architectures match, the weights; returns it with the body of plagiarism.json."""
+    thresholds = plagiarism_thresholds(cfg)
+    bb = black_box(ab, ba, thresholds)
+    wb = weight_relatedness(a.model, b.model, permutations=int(cfg.plagiarism.permutations),
+                            simulations=int(cfg.plagiarism.simulations), seed=int(cfg.seed))
+    verdict = decide(bb, wb, thresholds)
+    return verdict, report(bb, wb, verdict, thresholds)
