@@ -12,7 +12,7 @@ import mlflow
 
 from modeldiff import tracking
 from modeldiff.config import config_hash
-from modeldiff.models import check_comparable, load_model
+from modeldiff.models import LoadedModel, check_comparable, load_model
 
 from . import cross_eval, normalize, sample_outdist
 from ._common import Dist, parser, setup, user_errors
@@ -28,6 +28,35 @@ def _step(cfg, dist: Dist, experiment_id, entry_point: str, h: str, name: str, p
         return execute()
 
 
+def run_steps(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -> dict:
+    """Runs or reuses every step of the chain for two loaded models (as child runs of the active run, if any);
+    returns {step name: run id}. The plagiarism check runs the same steps."""
+    check_comparable(a, b)
+    runs = {}
+    for role, m in (("A", a), ("B", b)):
+        h = sample_outdist.stage_hash(cfg, m)
+        # an identical sampling run that was interrupted continues from its checkpoint
+        resume = dist.broadcast(tracking.find_resumable_run("sample_outdist", h, experiment_id) if dist.is_main else None)
+        runs[f"sample_outdist_{role}"] = _step(
+            cfg, dist, experiment_id, "sample_outdist", h, f"sample_outdist {role} {m.ref}",
+            {"model": m.ref}, partial(sample_outdist.execute, cfg, dist, m, resume))
+    for direction, (src, other) in (("AB", (a, b)), ("BA", (b, a))):
+        od_run = runs[f"sample_outdist_{direction[0]}"]
+        runs[f"cross_eval_{direction}"] = _step(
+            cfg, dist, experiment_id, "cross_eval", cross_eval.stage_hash(cfg, od_run, src, other, direction),
+            f"cross_eval {direction}", {"outdist_run": od_run, "other_model": other.ref, "direction": direction},
+            partial(cross_eval.execute, cfg, dist, od_run, src, other, direction))
+    ab, ba = runs["cross_eval_AB"], runs["cross_eval_BA"]
+    runs["normalize"] = _step(cfg, dist, experiment_id, "normalize", normalize.stage_hash(cfg, ab, ba), "normalize",
+                              {"ab_run": ab, "ba_run": ba}, partial(normalize.execute, cfg, dist, ab, ba))
+    return runs
+
+
+def pair_tags(a: LoadedModel, b: LoadedModel) -> dict:
+    return {tracking.MODEL_A: a.ref, tracking.MODEL_B: b.ref, tracking.identity_tag(tracking.MODEL_A): a.identity,
+            tracking.identity_tag(tracking.MODEL_B): b.identity}
+
+
 def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
     """Runs or reuses every step inside the open parent run; returns {step name: run id}."""
     with dist.main_first():
@@ -35,27 +64,8 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
     check_comparable(a, b)
     parent = mlflow.active_run() if dist.is_main else None
     if parent:
-        mlflow.set_tags({tracking.MODEL_A: a.ref, tracking.MODEL_B: b.ref,
-                         tracking.identity_tag(tracking.MODEL_A): a.identity,
-                         tracking.identity_tag(tracking.MODEL_B): b.identity})
-    exp = parent.info.experiment_id if parent else None
-    runs = {}
-    for role, m in (("A", a), ("B", b)):
-        h = sample_outdist.stage_hash(cfg, m)
-        # an identical sampling run that was interrupted continues from its checkpoint
-        resume = dist.broadcast(tracking.find_resumable_run("sample_outdist", h, exp) if dist.is_main else None)
-        runs[f"sample_outdist_{role}"] = _step(
-            cfg, dist, exp, "sample_outdist", h, f"sample_outdist {role} {m.ref}",
-            {"model": m.ref}, partial(sample_outdist.execute, cfg, dist, m, resume))
-    for direction, (src, other) in (("AB", (a, b)), ("BA", (b, a))):
-        od_run = runs[f"sample_outdist_{direction[0]}"]
-        runs[f"cross_eval_{direction}"] = _step(
-            cfg, dist, exp, "cross_eval", cross_eval.stage_hash(cfg, od_run, src, other, direction),
-            f"cross_eval {direction}", {"outdist_run": od_run, "other_model": other.ref, "direction": direction},
-            partial(cross_eval.execute, cfg, dist, od_run, src, other, direction))
-    ab, ba = runs["cross_eval_AB"], runs["cross_eval_BA"]
-    runs["normalize"] = _step(cfg, dist, exp, "normalize", normalize.stage_hash(cfg, ab, ba), "normalize",
-                              {"ab_run": ab, "ba_run": ba}, partial(normalize.execute, cfg, dist, ab, ba))
+        mlflow.set_tags(pair_tags(a, b))
+    runs = run_steps(cfg, dist, a, b, parent.info.experiment_id if parent else None)
     if parent:  # the parent shows the result too, and links its steps
         ratio = tracking.load_json(runs["normalize"], "normalize", "ratio.json")
         mlflow.log_dict(ratio, "ratio.json")

@@ -3,7 +3,8 @@
 Each command runs the MLproject entry point of the same name in this process, so
 `modeldiff run-main --model_a toy:small` is `mlflow run . -e main -P model_a=toy:small` without MLflow
 Projects (the entry point still logs to MLflow). `register` is not an entry point: it adds a model
-version to the registry of the configured tracking URI.
+version to the registry of the configured tracking URI. `screen serve|poll|run` screens registry versions for
+plagiarism (modeldiff.screening).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ COMMANDS = {
     "sample-outdist": ("sample_outdist", "stage 1: one model's output distribution"),
     "cross-eval": ("cross_eval", "stage 2: one model's draws scored by the other"),
     "normalize": ("normalize", "stage 3: the ratio from an A→B and a B→A cross_eval run"),
+    "plagiarism-check": ("plagiarism_check", "is one model a (noise-added) copy of another? (or screen a version)"),
     "register": (None, "register a model ref as an MLflow model version (models:/<name>/<version>)"),
+    "screen": (None, "screen new registry versions for plagiarism: serve (webhooks), poll, or run one version"),
 }
 
 
@@ -39,10 +42,63 @@ def register(argv) -> int:
     return 0
 
 
+def screen(argv) -> int:
+    """`modeldiff screen serve|poll|run`: the registry screening service (see modeldiff/screening.py)."""
+    import argparse
+    import logging
+    import os
+    from pathlib import Path
+
+    from entrypoints._common import user_errors
+    from modeldiff import screening, tracking
+
+    p = argparse.ArgumentParser(prog="modeldiff screen", description="Screen registry versions for plagiarism: each "
+                                "new version gets a plagiarism_check against the registered models of its vocabulary.")
+    sub = p.add_subparsers(dest="mode", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="configs/toy.yaml", help="config (YAML file or preset) of the checks")
+    common.add_argument("--overrides", default="", help="OmegaConf dot-list for the checks")
+    common.add_argument("--state-dir", type=Path, default=Path(".modeldiff_screening"),
+                        help="job logs and the delivery-id log (default ./.modeldiff_screening)")
+    common.add_argument("--experiment", default=screening.EXPERIMENT, help="MLflow experiment of the check runs")
+    common.add_argument("--job-timeout", type=float, default=None, help="seconds before a job is killed (default none)")
+    s = sub.add_parser("serve", parents=[common], help="receive MLflow registry webhooks and screen new versions")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--secret-env", default="MODELDIFF_WEBHOOK_SECRET",
+                   help="environment variable holding the webhook's HMAC secret")
+    s.add_argument("--tolerance", type=float, default=300.0, help="seconds a delivery's timestamp may be off")
+    s.add_argument("--register-webhook", default="", metavar="URL",
+                   help="create or update the registry webhook to call URL (e.g. http://127.0.0.1:8765/webhook)")
+    q = sub.add_parser("poll", parents=[common], help="screen unscreened versions by listing the registry")
+    q.add_argument("--interval", type=float, default=60.0, help="seconds between registry scans")
+    q.add_argument("--once", action="store_true", help="one scan, run its jobs, exit")
+    r = sub.add_parser("run", parents=[common], help="screen one version now (also one that failed before)")
+    r.add_argument("version", help="models:/<name>/<version>")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s modeldiff-screen %(levelname)s %(message)s")
+    with user_errors():
+        tracking.setup()
+        if args.mode == "serve":
+            screening.serve(args.host, args.port, os.environ.get(args.secret_env, ""), args.config, args.overrides,
+                            args.state_dir, args.tolerance, args.register_webhook or None, args.experiment,
+                            args.job_timeout)
+        elif args.mode == "poll":
+            screening.poll(args.config, args.overrides, args.state_dir, args.interval, args.once, args.experiment,
+                           args.job_timeout)
+        else:
+            version = screening.parse_version(args.version)
+            status = screening.Screener(args.config, args.overrides, args.state_dir, args.experiment,
+                                        args.job_timeout).run_job(version.name, str(version.version))
+            print(f"{args.version}: {status}")
+            return 0 if status == "done" else 1
+    return 0
+
+
 def usage() -> str:
     lines = ["usage: modeldiff <command> [arguments]  (modeldiff <command> --help for its arguments)", "",
              "Compare two language models in their input space (Model-diff).", "", "commands:"]
-    lines += [f"  {name:<16}{text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<18}{text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -54,6 +110,8 @@ def main(argv=None):
     if argv[0] not in COMMANDS:
         print(f"modeldiff: error: unknown command {argv[0]!r}\n{usage()}", file=sys.stderr)
         return 2
+    if argv[0] == "screen":
+        return screen(argv[1:])
     if COMMANDS[argv[0]][0] is None:
         return register(argv[1:])
     module = importlib.import_module(f"entrypoints.{COMMANDS[argv[0]][0]}")

@@ -57,7 +57,9 @@ def split_overrides(overrides: str | list[str] | None) -> list[str]:
 
 
 def _resolve_path(path_or_preset: str) -> Path:
-    for candidate in (Path(path_or_preset), CONFIG_DIR / f"{path_or_preset}.yaml"):
+    # a path, a preset name, or a path relative to the project (the entry points' default configs/toy.yaml works
+    # from any working directory)
+    for candidate in (Path(path_or_preset), CONFIG_DIR / f"{path_or_preset}.yaml", CONFIG_DIR.parent / path_or_preset):
         if candidate.is_file():
             return candidate
     raise ConfigError(f"config {path_or_preset!r} not found: pass a YAML file or a preset name "

@@ -412,6 +412,16 @@ def _tokenizer_hash(m: LoadedModel) -> str | None:
     return m.tokenizer_hash
 
 
+def vocabulary_key(m: LoadedModel) -> str:
+    """What models must share to be compared, as one string: the tokenizer's vocabulary hash, or for tokenizer-less
+    models (toys) a hash of their id range and BOS (screening finds counterparts in the registry by it)."""
+    tokenizer_hash = _tokenizer_hash(m)
+    if tokenizer_hash:
+        return tokenizer_hash
+    rows = vocab_limit(m.model, None)
+    return "ids:" + hashlib.sha256(f"{rows}:{m.space.bos_token_id}".encode()).hexdigest()
+
+
 def check_comparable(a: LoadedModel, b: LoadedModel):
     """Models compare only over one input space (and, with tokenizers, one vocabulary)."""
     ha, hb = _tokenizer_hash(a), _tokenizer_hash(b)

@@ -237,7 +237,7 @@ def screening_verdict(results: list[tuple[str, dict]]) -> tuple[str, str, dict]:
     (model A = the counterpart, model B = the new model). A copy verdict names the counterpart with the strongest
     evidence; a counterpart that looks like a copy *of the new model* makes the new model `related` to it."""
     if not results:
-        return "independent", "", {"note": "no registered model shares its tokenizer"}
+        return "independent", "", {"note": "no model of its vocabulary was registered before it"}
 
     def strength(rep: dict) -> tuple:
         wb = rep.get("white_box") or {}

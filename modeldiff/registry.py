@@ -3,8 +3,9 @@
 A version is a `register` run whose `model/` artifact holds `modeldiff_ref.json` (ref, identity,
 tokenizer hash, space) and, for models with local weights, the weights themselves, so the version stays
 loadable when the cache or the original directory is gone. Hub ids are registered by reference.
-The version's tags `modeldiff.ref`, `modeldiff.identity` and `modeldiff.tokenizer_hash` let screening and
-run reuse work without downloading anything.
+The version's tags `modeldiff.ref`, `modeldiff.identity` and `modeldiff.tokenizer_hash` (the vocabulary hash, or
+for tokenizer-less toys a hash of their id range: `models.vocabulary_key`) let screening and run reuse work without
+downloading anything.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import tracking
-from .models import REGISTRY_PREFIX, LoadedModel, cache_root, load_model
+from .models import REGISTRY_PREFIX, LoadedModel, cache_root, load_model, vocabulary_key
 
 REF_TAG, IDENTITY_TAG, TOKENIZER_TAG = "modeldiff.ref", "modeldiff.identity", "modeldiff.tokenizer_hash"
 ARTIFACT = "model"
@@ -32,7 +33,7 @@ MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 def _ref_info(ref: str, loaded: LoadedModel, copied: bool) -> dict:
     sp = loaded.space
-    return {"ref": ref, "identity": loaded.identity, "tokenizer_hash": loaded.tokenizer_hash, "copied": copied,
+    return {"ref": ref, "identity": loaded.identity, "tokenizer_hash": vocabulary_key(loaded), "copied": copied,
             "space": {"length": sp.length, "n_tokens": sp.n_tokens, "bos_token_id": sp.bos_token_id}}
 
 
@@ -75,7 +76,7 @@ def register_model(ref: str, name: str, cfg, copy: bool = True):
             raise
     # (mlflow.register_model("runs:/...") wants an MLflow-flavoured model since MLflow 3; a version of plain
     # artifacts is created directly)
-    tags = {REF_TAG: ref, IDENTITY_TAG: loaded.identity, TOKENIZER_TAG: loaded.tokenizer_hash or ""}
+    tags = {REF_TAG: ref, IDENTITY_TAG: loaded.identity, TOKENIZER_TAG: vocabulary_key(loaded)}
     version = client.create_model_version(name, source, run_id=run.info.run_id, tags=tags)
     return client.get_model_version(name, version.version)
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from modeldiff import cli
 from modeldiff.config import ConfigError, config_hash, load_config
 from modeldiff.derive import add_weight_noise
-from modeldiff.models import check_comparable, load_model
+from modeldiff.models import check_comparable, load_model, vocabulary_key
 from modeldiff.registry import IDENTITY_TAG, REF_TAG, TOKENIZER_TAG, register_model, resolve_model_uri
 
 # the TINY toy of test_models_pipeline.py (trains in about a second)
@@ -281,7 +281,11 @@ def test_register_a_toy_and_load_it_back(registry, cache):
     version = register_model("toy:small", "toy-small", cfg)
     assert (version.name, str(version.version)) == ("toy-small", "1")  # int since MLflow 3
     assert version.tags[REF_TAG] == "toy:small" and version.tags[IDENTITY_TAG] == original.identity
-    assert version.tags[TOKENIZER_TAG] == ""  # toys have no tokenizer
+    # toys have no tokenizer: the tag keys their id range and BOS, so toys of one vocabulary find each other
+    assert version.tags[TOKENIZER_TAG] == vocabulary_key(original) and version.tags[TOKENIZER_TAG].startswith("ids:")
+    assert vocabulary_key(load_model("toy:large", cfg)) == vocabulary_key(original)
+    assert vocabulary_key(load_model("toy:small", load_config("toy", TINY + " space.vocab_size=5"))) != \
+        vocabulary_key(original)
     run = registry.get_run(version.run_id)
     assert run.data.tags["modeldiff.entry_point"] == "register" and run.info.status == "FINISHED"
     info = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/model/modeldiff_ref.json")
