@@ -37,18 +37,16 @@ from scipy.stats import norm
 
 from .relatedness import Relatedness
 
-VERDICTS = ("suspected_copy_of", "related", "independent", "inconclusive")
-
-
 @dataclass(frozen=True)
 class Thresholds:
-    """Decision thresholds; the defaults in configs/base.yaml come from benchmarks/plagiarism_calibration.py."""
-    dominated: float = 0.5  # lower confidence bound of q above this: that side is dominated by the other model
+    """Decision thresholds: the defaults are those of configs/base.yaml, calibrated by
+    benchmarks/plagiarism_calibration.py (tests check that the two agree)."""
+    dominated: float = 0.95  # lower confidence bound of q above this: that side is dominated by the other model
     own_wins: float = 0.5  # upper bound of q below this on both sides: each model wins on its own inputs
     weight_alpha: float = 1e-6  # white-box independence p-value below this: the weights are related
     noise_alpha: float = 1e-3  # δ-structure p-value below this: the difference is not i.i.d. noise
     direction_z: float = 4.0  # |weight-energy z| above this: it tells which model is the noisy copy
-    near_identical: float = 0.05  # 95th percentile of |D| at most this: the two models are near copies
+    near_identical: float = 0.03  # 95th percentile of |D| at most this: the two models are near copies
     identical_tolerance: float = 1e-6  # |D| at most this: a tie, counted for neither side of q
     confidence: float = 0.95  # two-sided level of the intervals on q
 
@@ -129,7 +127,7 @@ def black_box(ab: pd.DataFrame, ba: pd.DataFrame, thresholds: Thresholds = Thres
 
 @dataclass
 class Verdict:
-    verdict: str  # one of VERDICTS
+    verdict: str  # suspected_copy_of, related, independent or inconclusive
     copy: str | None  # "A" or "B": the suspected copy (for suspected_copy_of), None otherwise
     parent: str | None  # the other one
     direction_evidence: str | None  # black_box, weight_energy or argument_order (for suspected_copy_of)

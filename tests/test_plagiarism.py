@@ -11,7 +11,9 @@ import pytest
 import torch
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
+from modeldiff.config import load_config
 from modeldiff.derive import add_weight_noise
+from modeldiff.pipeline import plagiarism_thresholds
 from modeldiff.plagiarism import (BlackBox, SideStatistic, Thresholds, black_box, decide, screening_verdict,
                                   side_statistic, wilson)
 from modeldiff.relatedness import Relatedness, spearman_p, weight_relatedness
@@ -23,6 +25,10 @@ TASK = ToyTask(length=5, vocab_size=6, modulus=10)
 
 def toy(seed: int, n_embd: int = 16, n_layer: int = 1):
     return make_toy_model(TASK, n_embd=n_embd, n_head=2, n_layer=n_layer, seed=seed).eval()
+
+
+def test_config_defaults_are_the_calibrated_thresholds():
+    assert plagiarism_thresholds(load_config("toy")) == Thresholds()
 
 
 def test_wilson_interval_known_values():
