@@ -30,7 +30,8 @@ NULLABLE = {"space.vocab_size": int, "space.bos_token_id": int, "space.allowed_t
 # The config keys each stage's result depends on; models and upstream runs enter through `extra`.
 STAGE_KEYS = {
     "sample_outdist": ("seed", "space", "z_range", "output", "bins", "sampler", "reweighting", "model.dtype"),
-    "cross_eval": ("seed", "output", "cross_eval", "model.dtype"),
+    "cross_eval": ("seed", "output", "cross_eval", "model.dtype",  # + what its token-view page depends on:
+                   "tokendiff.top_k", "tokendiff.clamp_rank", "tokendiff.cross_eval_views", "tokendiff.hist_bins"),
     "normalize": ("lambda",),
 }
 

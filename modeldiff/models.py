@@ -412,6 +412,12 @@ def _tokenizer_hash(m: LoadedModel) -> str | None:
     return m.tokenizer_hash
 
 
+def vocabulary_hash(m: LoadedModel) -> str:
+    """The tokenizer's vocabulary hash; a model without a tokenizer reads token ids, so its vocabulary is its
+    number of ids."""
+    return _tokenizer_hash(m) or f"ids:{vocab_limit(m.model, None)}"
+
+
 def check_comparable(a: LoadedModel, b: LoadedModel):
     """Models compare only over one input space (and, with tokenizers, one vocabulary)."""
     ha, hb = _tokenizer_hash(a), _tokenizer_hash(b)
