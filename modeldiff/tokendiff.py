@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models import LoadedModel, cache_root, vocabulary_hash
-from .scoring import Scorer, token_logprobs_from_logits
+from .scoring import Scorer
 
 SIDES = ("A", "B")
 PER_MODEL = ("prob", "rank", "clamped_rank", "nll")
@@ -143,10 +143,11 @@ def analyse(model, bos_token_id: int, sequences: list[np.ndarray], top_k: int = 
         chunk = chunk.to(scorer.device)
         logits = scorer.scored_logits(width, input_ids=scorer.with_bos(chunk)).float()
         picked = logits.gather(-1, chunk.unsqueeze(-1))
-        lp = token_logprobs_from_logits(logits, chunk).cpu().numpy()
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        lp = (picked - lse).squeeze(-1).cpu().numpy()  # scoring.token_logprobs_from_logits, sharing its logsumexp
         rk = ((logits > picked).sum(-1) + 1).cpu().numpy()
         top_v, top_i = logits.topk(top_k, dim=-1)
-        top_lp = (top_v - torch.logsumexp(logits, dim=-1, keepdim=True)).cpu().numpy()
+        top_lp = (top_v - lse).cpu().numpy()
         top_i = top_i.cpu().numpy()
         scorer.n_scored += len(rows)
         for j, i in enumerate(rows):
