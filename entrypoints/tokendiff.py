@@ -83,7 +83,8 @@ def main(argv=None):
     p.add_argument("--corpus", default="", help="a text file (one example a line) or a .parquet file")
     p.add_argument("--column", default="text", help="the parquet corpus's column")
     p.add_argument("--text", default="", help="one input given inline, instead of a corpus")
-    p.add_argument("--measure", default="", help="colour/rank by this measure (default: the config's tokendiff.measure)")
+    p.add_argument("--measure", default="",
+                   help="colour tokens and rank examples by this measure (default: the config's tokendiff.measure)")
     args = p.parse_args(argv)
     with user_errors():
         cfg, _ = setup(args)

@@ -18,6 +18,7 @@ from .cross_eval import WITHIN_BIN
 from .kernels import KERNELS
 from .outdist import check_z_range
 from .scoring import OUTPUTS
+from .tokendiff import Settings, resolve_measure
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE = CONFIG_DIR / "base.yaml"
@@ -167,6 +168,18 @@ def validate(cfg: DictConfig):
         if not ok:
             raise ConfigError(f"config key {key!r} must be {need}, got {OmegaConf.select(cfg, key)!r}: "
                               f"fix it in the config or with overrides \"{key}=...\"")
+    _check_tokendiff(cfg)
+
+
+def _check_tokendiff(cfg: DictConfig):
+    try:
+        Settings.from_cfg(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        resolve_measure(cfg.tokendiff.measure)
+    except ValueError as e:
+        raise ConfigError(f"config key 'tokendiff.measure': {e}") from None
 
 
 def _check_allowed_tokens(space: DictConfig):

@@ -4,9 +4,9 @@ For every token of a text, each model's probability and rank of the actual token
 top-k predictions; the differences A − B of each; and per-example aggregates, over one text or a corpus.
 
 Conventions, as everywhere in modeldiff: every sequence is scored after `space.bos_token_id` (the first real
-token is predicted from BOS); log-probabilities are float32 over the model's full vocabulary (the pieces of
-`scoring.py`, so an example's mean NLL is exactly the z the samplers use); differences are always A minus B,
-so the mean of `nll_diff` over an example is D = z_A − z_B.
+token is predicted from BOS); log-probabilities are float32 over the model's full vocabulary (the Scorer's
+forward and logit − logsumexp, so an example's mean NLL is the samplers' z, up to float32 rounding of the mean);
+differences are always A minus B, so the mean of `nll_diff` over an example is D = z_A − z_B.
 Rank: 1 + the number of tokens whose float32 logit is strictly greater than the actual token's, so rank 1 is
 the argmax and tokens tied with the actual one share its (best) rank. Top-k lists are torch.topk's order
 (ties among exactly equal logits come in its order).
@@ -152,7 +152,8 @@ def analyse(model, bos_token_id: int, sequences: list[np.ndarray], top_k: int = 
         scorer.n_scored += len(rows)
         for j, i in enumerate(rows):
             a, b, n = offsets[i], offsets[i + 1], lengths[i]
-            logprob[a:b], rank[a:b], topk_ids[a:b], topk_logprob[a:b] = lp[j, :n], rk[j, :n], top_i[j, :n], top_lp[j, :n]
+            logprob[a:b], rank[a:b] = lp[j, :n], rk[j, :n]
+            topk_ids[a:b], topk_logprob[a:b] = top_i[j, :n], top_lp[j, :n]
     if n_tokens and not np.isfinite(logprob).all():
         raise FloatingPointError("a token got a NaN/inf log-probability: the model's weights or dtype are broken "
                                  "(try dtype float32)")

@@ -150,8 +150,8 @@ def corpus_page(cmp: Comparison, texts: list[str], rows, models: dict, measure: 
         hists = {c: histogram(ex[c].to_numpy(np.float64), hist_bins) for c in order}
         bins = {c: bin_of(ex[c].to_numpy(np.float64), hists[c][0]) for c in order}
         overview = {"title": "the corpus", "unit": "examples", "default": rank_by,
-                    "note": "Every example's aggregates are in tokendiff/examples.parquet; the examples listed here are "
-                            f"the {cmp.settings.n_top} most different per measure.",
+                    "note": "Every example's aggregates are in tokendiff/examples.parquet; the examples listed "
+                            f"here are the {cmp.settings.n_top} most different per measure.",
                     "measures": [{"name": c, "label": aggregate_label(c, cmp.settings.aggregate_k),
                                   "edges": [rounded(e) for e in hists[c][0]], "counts": hists[c][1].tolist(),
                                   "top": top[c]} for c in order]}
@@ -218,7 +218,8 @@ def render(doc: dict) -> str:
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy"
+      content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>__TITLE__</title>
@@ -360,16 +361,24 @@ function overview() {
   }
   drawOverview();
 }
+function label(root, x, y, text, anchor) {
+  const t = svg("text", {x: x, y: y, "text-anchor": anchor || "start"});
+  t.textContent = text;
+  root.appendChild(t);
+}
 function drawOverview() {
   const m = ovMeasure(), W = 640, H = 160, pad = 30, box = $("ov-hist");
   box.textContent = "";
   const n = m.counts.length, top = Math.max.apply(null, m.counts.concat([1]));
-  const lo = m.edges[0], hi = m.edges[n], x = function (v) { return pad + (W - 2 * pad) * (v - lo) / ((hi - lo) || 1); };
+  const lo = m.edges[0], hi = m.edges[n];
+  const x = function (v) { return pad + (W - 2 * pad) * (v - lo) / ((hi - lo) || 1); };
   const root = svg("svg", {width: W, height: H + 30, id: "ov-svg"});
   m.counts.forEach(function (c, b) {
-    const h = (H - 10) * c / top, r = svg("rect", {x: x(m.edges[b]), y: H - h, width: Math.max(1, x(m.edges[b + 1]) - x(m.edges[b]) - 1),
-      height: Math.max(h, c ? 1 : 0), fill: "#8896ab", "class": "barrect" + (b === selectedBar ? " sel" : ""), "data-bin": b});
-    r.appendChild(svg("title")).textContent = "[" + fmt(m.edges[b]) + ", " + fmt(m.edges[b + 1]) + "]: " + c + " " + D.overview.unit;
+    const h = (H - 10) * c / top, x0 = x(m.edges[b]), x1 = x(m.edges[b + 1]);
+    const r = svg("rect", {x: x0, y: H - h, width: Math.max(1, x1 - x0 - 1), height: Math.max(h, c ? 1 : 0),
+      fill: "#8896ab", "class": "barrect" + (b === selectedBar ? " sel" : ""), "data-bin": b});
+    r.appendChild(svg("title")).textContent =
+      "[" + fmt(m.edges[b]) + ", " + fmt(m.edges[b + 1]) + "]: " + c + " " + D.overview.unit;
     r.addEventListener("click", function () { selectedBar = b; drawOverview(); });
     root.appendChild(r);
   });
@@ -377,34 +386,41 @@ function drawOverview() {
     const v = examples.get(id).values[m.name];
     if (v !== null) root.appendChild(svg("rect", {x: x(v) - 0.5, y: H + 2, width: 1, height: 8, fill: "#000"}));
   });
-  [lo, (lo + hi) / 2, hi].forEach(function (v) {
-    const t = svg("text", {x: x(v), y: H + 24, "text-anchor": "middle"}); t.textContent = fmt(v); root.appendChild(t);
-  });
+  [lo, (lo + hi) / 2, hi].forEach(function (v) { label(root, x(v), H + 24, fmt(v), "middle"); });
   if (lo < 0 && hi > 0) root.appendChild(svg("line", {x1: x(0), x2: x(0), y1: 0, y2: H, stroke: "#000"}));
   box.appendChild(root);
   $("bar-list").textContent = "";
   if (selectedBar >= 0) {
     const members = D.examples.filter(function (e) { return e.bins[m.name] === selectedBar; })
       .sort(function (a, b) { return a.values[m.name] - b.values[m.name]; });
-    $("bar-title").textContent = m.counts[selectedBar] + " " + D.overview.unit + " in [" + fmt(m.edges[selectedBar]) + ", " +
-      fmt(m.edges[selectedBar + 1]) + "]; " + members.length + " listed, " +
-      members.filter(function (e) { return e.view !== null; }).length + " with token views";
+    const withViews = members.filter(function (e) { return e.view !== null; }).length;
+    $("bar-title").textContent = m.counts[selectedBar] + " " + D.overview.unit + " in [" +
+      fmt(m.edges[selectedBar]) + ", " + fmt(m.edges[selectedBar + 1]) + "]; " + members.length + " listed, " +
+      withViews + " with token views";
     members.slice(0, 500).forEach(function (e) { $("bar-list").appendChild(exampleItem(e, e.values[m.name])); });
   } else {
     $("bar-title").textContent = "click a bar to list its examples";
   }
   $("top-list").textContent = "";
   $("top-title").textContent = m.top ? "the " + m.top.length + " most different by " + m.label : "";
-  (m.top || []).forEach(function (id) { const e = examples.get(id); $("top-list").appendChild(exampleItem(e, e.values[m.name])); });
+  (m.top || []).forEach(function (id) {
+    const e = examples.get(id);
+    $("top-list").appendChild(exampleItem(e, e.values[m.name]));
+  });
 }
 
 // ---------------------------------------------------------------- one example: tokens, step plots, details
+const PLOT = {W: 560, H: 90, pad: 34, gap: 22};
+function plotX(k) { return PLOT.pad + (PLOT.W - PLOT.pad - 4) * k / view.tokens.length; }
 function showView(i) {
   view = D.views[i];
   const e = examples.get(view.example);
   $("view-title").textContent = "example " + e.id + ": " + e.text;
-  $("view-info").textContent = Object.entries(e.info).map(function (kv) { return kv[0] + " " + fmt(kv[1]); }).join(" · ");
-  document.querySelectorAll("li.ex").forEach(function (li) { li.classList.toggle("current", Number(li.dataset.example) === e.id); });
+  $("view-info").textContent = Object.entries(e.info)
+    .map(function (kv) { return kv[0] + " " + fmt(kv[1]); }).join(" · ");
+  document.querySelectorAll("li.ex").forEach(function (li) {
+    li.classList.toggle("current", Number(li.dataset.example) === e.id);
+  });
   const box = $("tokens");
   box.textContent = "";
   spans = view.tokens.map(function (t, k) {
@@ -426,70 +442,82 @@ function paint() {
   spans.forEach(function (span, k) { span.style.backgroundColor = rgb(color(v[k], s)); });
   tokenHist();
 }
-function stepPath(vals, x, y) {
+function stepPath(vals, y) {
   let d = "";
-  vals.forEach(function (v, k) { d += (k ? "L" : "M") + x(k) + "," + y(v) + "L" + x(k + 1) + "," + y(v); });
+  vals.forEach(function (v, k) { d += (k ? "L" : "M") + plotX(k) + "," + y(v) + "L" + plotX(k + 1) + "," + y(v); });
   return d;
 }
-function plots() {
-  const box = $("plots"), n = view.tokens.length, W = 560, H = 90, pad = 34;
+function plots() {  // LMdiff's step plots: both models' probability and clamped rank of each actual token
+  const box = $("plots"), n = view.tokens.length, H = PLOT.H, row = PLOT.H + PLOT.gap;
   box.textContent = "";
-  const x = function (k) { return pad + (W - pad - 4) * k / n; };
-  const panels = [["probability of the actual token", "prob", 0, 1], ["rank (clamped at " + D.clamp_rank + ")", "clamped_rank", D.clamp_rank, 1]];
-  const root = svg("svg", {width: W, height: panels.length * (H + 22), id: "step-plots"});
+  const panels = [["probability of the actual token", "prob", 0, 1],
+                  ["rank (clamped at " + D.clamp_rank + ")", "clamped_rank", D.clamp_rank, 1]];
+  const root = svg("svg", {width: PLOT.W, height: panels.length * row, id: "step-plots"});
   panels.forEach(function (p, j) {
-    const top = j * (H + 22) + 14, y = function (v) { return top + H * (1 - (v - p[2]) / (p[3] - p[2])); };
-    const t = svg("text", {x: pad, y: top - 3}); t.textContent = p[0]; root.appendChild(t);
-    root.appendChild(svg("rect", {x: pad, y: top, width: W - pad - 4, height: H, fill: "none", stroke: "#ccc"}));
-    [p[2], p[3]].forEach(function (v) { const l = svg("text", {x: pad - 3, y: y(v) + 3, "text-anchor": "end"}); l.textContent = fmt(v); root.appendChild(l); });
+    const top = j * row + 14, y = function (v) { return top + H * (1 - (v - p[2]) / (p[3] - p[2])); };
+    label(root, PLOT.pad, top - 3, p[0]);
+    root.appendChild(svg("rect", {x: PLOT.pad, y: top, width: PLOT.W - PLOT.pad - 4, height: H, fill: "none",
+      stroke: "#ccc"}));
+    [p[2], p[3]].forEach(function (v) { label(root, PLOT.pad - 3, y(v) + 3, fmt(v), "end"); });
     ["A", "B"].forEach(function (s) {
-      root.appendChild(svg("path", {d: stepPath(view.values[p[1] + "_" + s], x, y), fill: "none", stroke: rgb(D.colors[s]), "stroke-width": 1.5, "class": "step-" + s}));
+      root.appendChild(svg("path", {d: stepPath(view.values[p[1] + "_" + s], y), fill: "none",
+        stroke: rgb(D.colors[s]), "stroke-width": 1.5, "class": "step-" + s}));
     });
   });
-  const cursor = svg("rect", {id: "step-cursor", x: 0, y: 14, width: 0, height: panels.length * (H + 22) - 22, fill: "#000", opacity: 0.12});
-  root.appendChild(cursor);
-  for (let k = 0; k < n; k++) {
-    const r = svg("rect", {x: x(k), y: 0, width: x(k + 1) - x(k), height: panels.length * (H + 22), fill: "transparent"});
+  root.appendChild(svg("rect", {id: "step-cursor", x: 0, y: 14, width: 0, height: panels.length * row - PLOT.gap,
+    fill: "#000", opacity: 0.12}));
+  for (let k = 0; k < n; k++) {  // hover targets, one per token, over both panels
+    const r = svg("rect", {x: plotX(k), y: 0, width: plotX(k + 1) - plotX(k), height: panels.length * row,
+      fill: "transparent"});
     r.addEventListener("mouseenter", function () { highlight(k); });
     r.addEventListener("click", function () { pin(k); });
     root.appendChild(r);
   }
   box.appendChild(root);
 }
-function tokenHist() {
+function tokenHist() {  // the chosen measure over this example's tokens
   const s = specs.get(measure), v = view.values[measure], box = $("token-hist"), nb = 20, W = 300, H = 120;
   box.textContent = "";
-  const lo = s.kind === "diverging" ? -s.scale : Math.min(s.lo, s.hi), hi = s.kind === "diverging" ? s.scale : Math.max(s.lo, s.hi);
+  const lo = s.kind === "diverging" ? -s.scale : Math.min(s.lo, s.hi);
+  const hi = s.kind === "diverging" ? s.scale : Math.max(s.lo, s.hi);
   const counts = new Array(nb).fill(0);
-  v.forEach(function (x) { if (x !== null) counts[Math.max(0, Math.min(nb - 1, Math.floor(nb * (x - lo) / ((hi - lo) || 1))))] += 1; });
-  const top = Math.max.apply(null, counts.concat([1])), root = svg("svg", {width: W, height: H + 30, id: "token-hist-svg"});
-  const label = svg("text", {x: 0, y: 10}); label.textContent = "this example's tokens by " + s.label; root.appendChild(label);
+  v.forEach(function (x) {
+    if (x !== null) counts[Math.max(0, Math.min(nb - 1, Math.floor(nb * (x - lo) / ((hi - lo) || 1))))] += 1;
+  });
+  const top = Math.max.apply(null, counts.concat([1]));
+  const root = svg("svg", {width: W, height: H + 30, id: "token-hist-svg"});
+  label(root, 0, 10, "this example's tokens by " + s.label);
   counts.forEach(function (c, b) {
     const h = (H - 20) * c / top, mid = lo + (hi - lo) * (b + 0.5) / nb;
-    root.appendChild(svg("rect", {x: b * W / nb, y: H - h, width: W / nb - 1, height: h, fill: rgb(color(mid, s)), stroke: "#999"}));
+    root.appendChild(svg("rect", {x: b * W / nb, y: H - h, width: W / nb - 1, height: h, fill: rgb(color(mid, s)),
+      stroke: "#999"}));
   });
-  [[0, lo, "start"], [W, hi, "end"]].forEach(function (a) { const t = svg("text", {x: a[0], y: H + 14, "text-anchor": a[2]}); t.textContent = fmt(a[1]); root.appendChild(t); });
+  label(root, 0, H + 14, fmt(lo));
+  label(root, W, H + 14, fmt(hi), "end");
   box.appendChild(root);
 }
 function highlight(k) {
   spans.forEach(function (s, j) { s.classList.toggle("hl", j === k); });
-  const plot = $("step-plots"), n = view.tokens.length, pad = 34, W = 560;
-  if (plot) { const c = $("step-cursor"); c.setAttribute("x", pad + (W - pad - 4) * k / n); c.setAttribute("width", (W - pad - 4) / n); }
-  const box = $("detail");
-  box.textContent = "";
-  box.appendChild(detail(k));
+  const cursor = $("step-cursor");
+  cursor.setAttribute("x", plotX(k));
+  cursor.setAttribute("width", plotX(k + 1) - plotX(k));
+  $("detail").textContent = "";
+  $("detail").appendChild(detail(k));
 }
-function detail(k) {
+function detail(k) {  // every measure of token k, and both models' top-k (the actual token underlined)
   const V = view.values, card = el("div", {"class": "card detail-card"});
-  card.appendChild(el("div", {}, [el("b", {text: "token " + k + ": "}), el("span", {"class": "tok", text: view.tokens[k]}), " (id " + view.ids[k] + ")"]));
-  const rows = [["probability", "prob"], ["rank", "rank"], ["rank clamped at " + D.clamp_rank, "clamped_rank"], ["NLL", "nll"]];
-  const table = el("table", {"class": "detail"}, [el("tr", {}, [el("th", {text: ""}), el("th", {"class": "model-A", text: "A"}),
-    el("th", {"class": "model-B", text: "B"}), el("th", {text: "A − B"})])]);
+  card.appendChild(el("div", {}, [el("b", {text: "token " + k + ": "}), el("span", {"class": "tok", text: view.tokens[k]}),
+    " (id " + view.ids[k] + ")"]));
+  const rows = [["probability", "prob"], ["rank", "rank"], ["rank clamped at " + D.clamp_rank, "clamped_rank"],
+                ["NLL", "nll"]];
+  const table = el("table", {"class": "detail"}, [el("tr", {}, [el("th", {text: ""}),
+    el("th", {"class": "model-A", text: "A"}), el("th", {"class": "model-B", text: "B"}), el("th", {text: "A − B"})])]);
   rows.forEach(function (r) {
     table.appendChild(el("tr", {}, [el("th", {text: r[0]}), el("td", {text: fmt(V[r[1] + "_A"][k])}),
       el("td", {text: fmt(V[r[1] + "_B"][k])}), el("td", {text: fmt(V[r[1] + "_diff"][k])})]));
   });
-  table.appendChild(el("tr", {}, [el("th", {text: "top-" + D.top_k + " tokens not shared"}), el("td", {colspan: 3, text: fmt(V.topk_diff[k])})]));
+  table.appendChild(el("tr", {}, [el("th", {text: "top-" + D.top_k + " tokens not shared"}),
+    el("td", {colspan: 3, text: fmt(V.topk_diff[k])})]));
   card.appendChild(table);
   const lists = el("div", {"class": "topk"});
   ["A", "B"].forEach(function (s) {
@@ -497,7 +525,8 @@ function detail(k) {
     const ol = el("ol", {"class": "topk-" + s});
     view.topk[s][k].forEach(function (id, j) {
       const cls = (id === view.ids[k] ? "actual " : "") + (other.has(id) ? "" : "only");
-      ol.appendChild(el("li", {"class": cls.trim()}, [el("span", {"class": "tok", text: D.vocab[String(id)]}), " " + fmt(view.topk_prob[s][k][j])]));
+      ol.appendChild(el("li", {"class": cls.trim()}, [el("span", {"class": "tok", text: D.vocab[String(id)]}),
+        " " + fmt(view.topk_prob[s][k][j])]));
     });
     lists.appendChild(el("div", {}, [el("div", {"class": "model-" + s, text: "top-" + D.top_k + " of " + s}), ol]));
   });

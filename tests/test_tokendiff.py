@@ -287,3 +287,15 @@ def test_cache_hits_run_no_model_and_any_change_misses(toys, tmp_path):
     for f in (tmp_path / "cache" / "tokendiff").glob("*.npz"):
         f.write_bytes(f.read_bytes()[:100])
     assert run(a)[1:] == (False, 3) and run(a)[1:] == (True, 0)
+
+
+def test_config_keys_are_checked_at_load():
+    from modeldiff.config import ConfigError
+
+    assert Settings.from_cfg(load_config("toy")) == Settings()  # base.yaml's defaults are the dataclass's
+    with pytest.raises(ConfigError, match="'tokendiff.top_k' must be >= 1, got 0"):
+        load_config("toy", "tokendiff.top_k=0")
+    with pytest.raises(ConfigError, match="'tokendiff.cross_eval_views' must be >= 0"):
+        load_config("toy", "tokendiff.cross_eval_views=-1")
+    with pytest.raises(ConfigError, match="config key 'tokendiff.measure': unknown measure 'rank'"):
+        load_config("toy", "tokendiff.measure=rank")
