@@ -201,7 +201,7 @@ def read_corpus(path: str | Path, column: str = "text") -> tuple[list[str], np.n
         for i, v in enumerate(values):
             if isinstance(v, (list, tuple, np.ndarray)):
                 v = " ".join(str(int(t)) for t in v)
-            if v is None or (isinstance(v, float) and np.isnan(v)):
+            elif v is None or pd.isna(v):
                 continue
             if not isinstance(v, str):
                 raise ValueError(f"parquet corpus {str(path)!r}: column {column!r} holds {type(v).__name__} values: "
