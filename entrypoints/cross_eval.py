@@ -1,13 +1,15 @@
 """Entry point `cross_eval`: the sampling model's draws scored by the other model (stage 2).
 
 `direction` AB: the outdist run's model is A (A→B); BA: it is B (B→A). D is always z_A − z_B.
-Logs cross_eval/draws.parquet, plots/D_hist.png and a table of the distinct drawn inputs.
+Logs cross_eval/draws.parquet, plots/D_hist.png, a table of the distinct drawn inputs, and tokendiff/index.html:
+the D histogram whose bars list the drawn inputs in them, with token views (A vs B) of up to
+tokendiff.cross_eval_views of them, stratified over the bins.
 """
 from __future__ import annotations
 
 import mlflow
 
-from modeldiff import pipeline, plots, tracking
+from modeldiff import pipeline, plots, tokendiff, tracking
 from modeldiff.config import stage_hash as _stage_hash
 from modeldiff.models import LoadedModel, check_comparable, load_model
 
@@ -40,10 +42,11 @@ def execute(cfg, dist: Dist, outdist_run: str, src: LoadedModel, other: LoadedMo
         tracking.log_parquet(draws, "cross_eval/draws.parquet")
         tracking.log_figure(plots.d_hist_figure(draws, title=f"{arrow}: {src.ref} draws scored by {other.ref}"),
                             "plots/D_hist.png")
-        distinct = (draws.groupby("representative", sort=False)
-                    .agg(text=("text", "first"), z_A=("z_A", "first"), z_B=("z_B", "first"), D=("D", "first"),
-                         in_z_other=("in_z_other", "first"), n_draws=("draw", "size")).reset_index(drop=True))
+        distinct = tokendiff.distinct_draws(draws).drop(columns="tokens")
         tracking.log_table(distinct, "tables/draws.json")
+        a, b = (src, other) if direction == "AB" else (other, src)
+        mlflow.log_text(pipeline.draws_token_view(cfg, draws, a, b, title=f"cross_eval {arrow}: {src.ref} draws, "
+                                                  f"A = {a.ref}, B = {b.ref}"), "tokendiff/index.html")
         inside = draws["in_z_other"]
         negative = float((draws.loc[inside, "D"] < 0).mean()) if inside.any() else 0.0
         mlflow.log_metrics({"n_draws": len(draws), "n_in_z_other": int(inside.sum()),

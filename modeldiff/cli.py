@@ -17,6 +17,7 @@ COMMANDS = {
     "cross-eval": ("cross_eval", "stage 2: one model's draws scored by the other"),
     "normalize": ("normalize", "stage 3: the ratio from an A→B and a B→A cross_eval run"),
     "plagiarism-check": ("plagiarism_check", "is one model a (noise-added) copy of another? (or screen a version)"),
+    "tokendiff": ("tokendiff", "the token-level view of two models on a corpus or one text (LMdiff)"),
     "register": (None, "register a model ref as an MLflow model version (models:/<name>/<version>)"),
     "screen": (None, "screen new registry versions for plagiarism: serve (webhooks), poll, or run one version"),
 }

@@ -18,6 +18,7 @@ from .cross_eval import WITHIN_BIN
 from .kernels import KERNELS
 from .outdist import check_z_range
 from .scoring import OUTPUTS
+from .tokendiff import Settings, resolve_measure
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE = CONFIG_DIR / "base.yaml"
@@ -30,7 +31,8 @@ NULLABLE = {"space.vocab_size": int, "space.bos_token_id": int, "space.allowed_t
 # The config keys each stage's result depends on; models and upstream runs enter through `extra`.
 STAGE_KEYS = {
     "sample_outdist": ("seed", "space", "z_range", "output", "bins", "sampler", "reweighting", "model.dtype"),
-    "cross_eval": ("seed", "output", "cross_eval", "model.dtype"),
+    "cross_eval": ("seed", "output", "cross_eval", "model.dtype",  # + what its token-view page depends on:
+                   "tokendiff.top_k", "tokendiff.clamp_rank", "tokendiff.cross_eval_views", "tokendiff.hist_bins"),
     "normalize": ("lambda",),
     "plagiarism_check": ("seed", "plagiarism"),
 }
@@ -179,6 +181,18 @@ def validate(cfg: DictConfig):
         if not ok:
             raise ConfigError(f"config key {key!r} must be {need}, got {OmegaConf.select(cfg, key)!r}: "
                               f"fix it in the config or with overrides \"{key}=...\"")
+    _check_tokendiff(cfg)
+
+
+def _check_tokendiff(cfg: DictConfig):
+    try:
+        Settings.from_cfg(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        resolve_measure(cfg.tokendiff.measure)
+    except ValueError as e:
+        raise ConfigError(f"config key 'tokendiff.measure': {e}") from None
 
 
 def _check_allowed_tokens(space: DictConfig):

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from . import tokendiff, tokenview
 from .cross_eval import cross_evaluate
 from .models import LoadedModel, check_comparable
 from .normalize import lambda_sweep, ratio_from_frames
@@ -109,3 +110,21 @@ def plagiarism(cfg, a: LoadedModel, b: LoadedModel, ab: pd.DataFrame, ba: pd.Dat
                             simulations=int(cfg.plagiarism.simulations), seed=int(cfg.seed))
     verdict = decide(bb, wb, thresholds)
     return verdict, report(bb, wb, verdict, thresholds)
+
+
+def draws_token_view(cfg, draws: pd.DataFrame, a: LoadedModel, b: LoadedModel, title: str) -> str:
+    """cross_eval's token-view page: the histogram of D over the draws, and token views (A vs B) of at most
+    tokendiff.cross_eval_views distinct inputs, stratified over its bins, so runs with thousands of distinct
+    draws stay small."""
+    settings = tokendiff.Settings.from_cfg(cfg)
+    distinct = tokendiff.distinct_draws(draws)
+    edges, counts = tokendiff.histogram(draws["D"].to_numpy(np.float64), settings.hist_bins)
+    bins = tokendiff.bin_of(distinct["D"].to_numpy(np.float64), edges)
+    picked = tokendiff.stratified_pick(bins, settings.cross_eval_views, seed=int(cfg.seed))
+    cmp = None
+    if len(picked):
+        corpus = tokendiff.ids_corpus(np.stack(distinct["tokens"].to_numpy()[picked]),
+                                      distinct["text"].to_numpy()[picked].tolist())
+        cmp, _ = tokendiff.compare_models(a, b, corpus, settings, cache=False)
+    return tokenview.draws_page(distinct, edges, counts, bins, picked, cmp, tokenview.models_of(a, b),
+                                tokendiff.token_text_fn(a), title)

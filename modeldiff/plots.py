@@ -73,3 +73,25 @@ def d_overlay_figure(ab: pd.DataFrame, ba: pd.DataFrame, lam: float = 0.0, title
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def aggregates_figure(examples: pd.DataFrame, columns: list[str], labels: list[str], top: dict, bins: int = 40,
+                      title: str = "") -> plt.Figure:
+    """LMdiff's corpus view (its Fig. 2), one panel per aggregate of a difference: the histogram over the
+    examples, with the most different examples as black stripes under it."""
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.2), squeeze=False)
+    for ax, col, label in zip(axes[0], columns, labels):
+        v = examples[col].to_numpy(np.float64)
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=bins, color="tab:gray")
+        marked = examples.set_index("example").loc[top.get(col, []), col].to_numpy(np.float64)
+        ax.plot(marked, np.zeros(len(marked)), "|", color="black", ms=12, mew=1,
+                label=f"{len(marked)} most different")
+        if len(v) and v.min() < 0 < v.max():
+            ax.axvline(0.0, color="black", lw=0.8)
+        ax.set(xlabel=label, ylabel="examples")
+    axes[0][0].legend(loc="best", fontsize="small")
+    fig.suptitle(title or "per-example aggregates")
+    fig.tight_layout()
+    return fig

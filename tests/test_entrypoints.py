@@ -9,10 +9,12 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from entrypoints import cross_eval, main, normalize, sample_outdist
+from entrypoints import tokendiff as tokendiff_ep
 from modeldiff import tracking
 from modeldiff.toy import ToyTask, make_toy_model
 
@@ -25,8 +27,13 @@ EXPERIMENT = "modeldiff-tests"
 ARTIFACTS = {
     "sample_outdist": ["config/resolved.yaml", "outdist/outdist.npz", "outdist/representatives.parquet",
                        "plots/rho_z.png", "tables/representatives.json"],
-    "cross_eval": ["config/resolved.yaml", "cross_eval/draws.parquet", "plots/D_hist.png", "tables/draws.json"],
+    "cross_eval": ["config/resolved.yaml", "cross_eval/draws.parquet", "plots/D_hist.png", "tables/draws.json",
+                   "tokendiff/index.html"],
     "normalize": ["config/resolved.yaml", "ratio.json", "plots/D_overlay.png", "tables/lambda_sweep.json"],
+    "tokendiff": ["config/resolved.yaml", "tokendiff/examples.parquet", "tokendiff/tokens.parquet",
+                  "tokendiff/top_examples.json", "tables/top_examples.json", "tokendiff/index.html",
+                  *[f"plots/tokendiff_{m}.png" for m in ("prob_diff", "rank_diff", "clamped_rank_diff", "nll_diff",
+                                                          "topk_diff")]],
 }
 
 
@@ -225,3 +232,82 @@ def test_a_killed_sampling_run_resumes_to_the_uninterrupted_result(store, chain)
     err = subprocess.run(cmd + ["--resume", uninterrupted], cwd=ROOT, env=store["env"], capture_output=True,
                          text=True, timeout=600).stderr
     assert "finished: there is nothing to resume" in err
+
+
+def _artifact(run_id, path):
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def _page_data(run_id):
+    html = _artifact(run_id, "tokendiff/index.html").read_text()
+    return json.loads(html.split('id="tokendiff-data">', 1)[1].split("</script>", 1)[0])
+
+
+def test_cross_eval_page_links_d_to_token_views(chain):
+    """cross_eval's page: the D histogram of its draws, whose distinct inputs carry their D, and token views whose
+    per-token NLL differences average to that D."""
+    _, children = chain
+    run_id = children["cross_eval_AB"]
+    draws = tracking.load_draws(run_id)
+    data = _page_data(run_id)
+    assert sum(data["overview"]["measures"][0]["counts"]) == len(draws) == 2000
+    distinct = draws.drop_duplicates("representative")
+    assert sorted(e["info"]["D"] for e in data["examples"]) == pytest.approx(sorted(distinct["D"]), abs=1e-5)
+    assert 0 < len(data["views"]) == min(100, len(distinct))  # tokendiff.cross_eval_views
+    examples = {e["id"]: e for e in data["examples"]}
+    for v in data["views"]:
+        assert abs(np.mean(v["values"]["nll_diff"]) - examples[v["example"]]["info"]["D"]) < 1e-5
+        assert " ".join(v["tokens"]) == examples[v["example"]]["text"]
+
+
+def test_tokendiff_entry_point(store, chain, tmp_path, capsys):
+    """`mlflow run . -e tokendiff` on a small toy corpus (the chain's toy models): its artifacts, tags and numbers;
+    again in-process, both models' analyses come from the cache; one text inline; bad input."""
+    parent, _ = chain
+    rng = np.random.default_rng(0)
+    lines = [" ".join(map(str, rng.integers(0, 6, size=rng.integers(1, 6)))) for _ in range(60)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    res = mlflow_run(store, "tokendiff", overrides=OVERRIDES, corpus=str(corpus), measure="max_abs_clamped_rank_diff")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = runs_of(store, "tokendiff", "FINISHED")[0]
+    run_id = run.info.run_id
+    assert set(ARTIFACTS["tokendiff"]) <= set(artifacts(run_id))
+    tags, metrics = run.data.tags, run.data.metrics
+    for tag in ("modeldiff.model_a", "modeldiff.model_b", "modeldiff.model_a.identity", "modeldiff.model_b.identity"):
+        assert tags[tag] == parent.data.tags[tag]
+    assert tags["modeldiff.corpus"] == str(corpus)
+    n_tokens = sum(len(line.split()) for line in lines)
+    assert metrics["n_examples"] == 60 and metrics["n_tokens"] == n_tokens and metrics["cache_hit_A"] == 0
+    examples = pd.read_parquet(_artifact(run_id, "tokendiff/examples.parquet"))
+    assert examples["text"].tolist() == lines and examples["row"].tolist() == list(range(60))
+    assert examples["n_tokens"].sum() == n_tokens and "topk_abs_nll_diff" in examples
+    np.testing.assert_allclose(examples["mean_nll_diff"], examples["z_A"] - examples["z_B"], atol=1e-12)
+    top = json.loads(_artifact(run_id, "tokendiff/top_examples.json").read_text())
+    assert len(top) == 25 and all(len(ids) == 50 for ids in top.values())
+    assert top["max_abs_clamped_rank_diff"] == examples["max_abs_clamped_rank_diff"].sort_values(
+        ascending=False, kind="stable").index[:50].tolist()
+    data = _page_data(run_id)
+    assert data["overview"]["default"] == "max_abs_clamped_rank_diff" and data["measure"] == "clamped_rank_diff"
+    assert data["views"][0]["example"] == top["max_abs_clamped_rank_diff"][0]
+    tokens = pd.read_parquet(_artifact(run_id, "tokendiff/tokens.parquet"))
+    assert set(tokens["example"]) == {v["example"] for v in data["views"]}
+
+    # the same comparison again: both analyses from the cache, the same numbers
+    args = ["--config", "configs/toy.yaml", "--overrides", OVERRIDES]
+    again = tokendiff_ep.main(args + ["--corpus", str(corpus), "--measure", "max_abs_clamped_rank_diff"])
+    metrics = MlflowClient().get_run(again).data.metrics
+    assert metrics["cache_hit_A"] == metrics["cache_hit_B"] == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(_artifact(again, "tokendiff/examples.parquet")), examples)
+
+    # one text inline: one example, its tokens, no corpus overview
+    one = tokendiff_ep.main(args + ["--text", "1 2 3 4"])
+    one_examples = pd.read_parquet(_artifact(one, "tokendiff/examples.parquet"))
+    assert len(one_examples) == 1 and one_examples["n_tokens"].tolist() == [4]
+    assert _page_data(one)["overview"] is None and "tokendiff/top_examples.json" not in artifacts(one)
+
+    capsys.readouterr()  # what the runs above printed
+    _fails(capsys, tokendiff_ep, ["--overrides", OVERRIDES], "pass either corpus")
+    _fails(capsys, tokendiff_ep, ["--overrides", OVERRIDES, "--text", "1 2", "--measure", "rank"], "unknown measure 'rank'")
+    _fails(capsys, tokendiff_ep, ["--overrides", OVERRIDES, "--corpus", str(tmp_path / "none.txt")], "not found")
+    _fails(capsys, tokendiff_ep, ["--overrides", OVERRIDES, "--text", "1 9"], "token id 9 is not in toy:small's token set")

@@ -28,7 +28,8 @@ def test_mlproject_entry_points_follow_the_contract():
     assert project["name"] == "modeldiff" and project["conda_env"] == "conda.yaml"
     expected = {"sample_outdist": {"model", "resume"}, "cross_eval": {"outdist_run", "other_model", "direction"},
                 "normalize": {"ab_run", "ba_run"}, "main": {"model_a", "model_b", "accelerate_config"},
-                "plagiarism_check": {"model_a", "model_b", "version"}}
+                "plagiarism_check": {"model_a", "model_b", "version"},
+                "tokendiff": {"model_a", "model_b", "corpus", "column", "text", "measure"}}
     launcher = {"main": "accelerate launch --config_file {accelerate_config} "}  # the chain can scale out
     eps = project["entry_points"]
     assert set(eps) == set(expected)
