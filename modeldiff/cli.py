@@ -15,6 +15,7 @@ COMMANDS = {
     "sample-outdist": ("sample_outdist", "stage 1: one model's output distribution"),
     "cross-eval": ("cross_eval", "stage 2: one model's draws scored by the other"),
     "normalize": ("normalize", "stage 3: the ratio from an A→B and a B→A cross_eval run"),
+    "annotate": ("annotate", "Sec. 3.4: annotation sheets, automatic annotators, precision and recall"),
     "register": (None, "register a model ref as an MLflow model version (models:/<name>/<version>)"),
 }
 
