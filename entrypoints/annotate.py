@@ -84,8 +84,8 @@ def execute(cfg, dist: Dist, cross_eval_run: str, window_text: str = "", scores:
     title = f"annotation sheet: {arrow} draws with D in {window.text}"
     about = {"cross_eval run": cross_eval_run, "A": tags.get(tracking.MODEL_A), "B": tags.get(tracking.MODEL_B),
              "sampling model": tags.get(tracking.MODEL_A if direction == "AB" else tracking.MODEL_B),
-             "inputs": f"{len(selection.rows)} ({selection.per_bin or 'all'} draws per bin of "
-                       f"{int(selection.bin_draws.sum())} in the window)"}
+             "inputs": f"{len(selection.rows)}, for {int(selection.rows['n_draws'].sum())} of the "
+                       f"{int(selection.bin_draws.sum())} draws in the window ({selection.per_bin or 'all'} per bin)"}
     run_id = mlflow.active_run().info.run_id
 
     if mode == "export":
@@ -107,12 +107,12 @@ def execute(cfg, dist: Dist, cross_eval_run: str, window_text: str = "", scores:
     if mode == "sheet":
         source = f"annotation sheet {scores!r}"
         values = annotate.check_scores(annotate.read_sheet(scores), selection, source)
-        annotator = f"sheet:{annotate.sheet_sha256(scores)[:16]}"
+        identity = f"sheet:{annotate.sheet_sha256(scores)[:16]}"
     else:
         judge = judge or (annotate.load_judge(cfg) if name == "judge" else None)
-        scorer = annotate.make_annotator(name, cfg, reference or (lambda: _reference(cfg, tags)), judge)
-        values = annotate.score_rows(scorer, selection.rows, name)
-        annotator = annotate.annotator_identity(name, judge)
+        annotator = annotate.make_annotator(name, cfg, reference or (lambda: _reference(cfg, tags)), judge)
+        values = annotate.score_rows(annotator, selection.rows, name)
+        identity = annotate.annotator_identity(name, judge)
     result = annotate.estimate(selection, values)
     result = {"annotator": name if mode == "automatic" else "human", "cross_eval_run": cross_eval_run,
               "direction": direction, **result}
@@ -123,7 +123,7 @@ def execute(cfg, dist: Dist, cross_eval_run: str, window_text: str = "", scores:
     mlflow.log_metrics({k: result[k] for k in ("precision", "precision_se", "recall", "recall_se", "window_mass")}
                        | {"n_in_window": result["counts"]["n_in_window"],
                           "n_annotated": result["counts"]["n_annotated"]})
-    mlflow.set_tag(tracking.CONFIG_HASH, stage_hash(cfg, cross_eval_run, window, mode, annotator))
+    mlflow.set_tag(tracking.CONFIG_HASH, stage_hash(cfg, cross_eval_run, window, mode, identity))
     print(f"modeldiff: annotate: {arrow} D in {window.text}: precision {result['precision']:.4f} ± "
           f"{result['precision_se']:.4f}, recall {result['recall']:.4f} ± {result['recall_se']:.4f} "
           f"({result['counts']['n_annotated']} inputs scored by {result['annotator']})")

@@ -267,9 +267,10 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{source} has the column {dup!r} twice: keep one")
     columns = {h: [] for h in header}
     seen: dict[str, int] = {}
-    for row, record in enumerate(records[1:], start=1):
-        if not any(c.strip() for c in record):
-            continue  # a blank line, e.g. at the end
+    data = records[1:]
+    while data and not any(c.strip() for c in data[-1]):
+        data.pop()  # blank lines at the end (spreadsheets leave some); one in between is a row without an id
+    for row, record in enumerate(data, start=1):
         if len(record) != len(header):
             raise ValueError(f"{source}, {_where(row)}: {len(record)} cells under a header of {len(header)}: "
                              "quote cells that contain commas, or re-export the sheet")

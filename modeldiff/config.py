@@ -35,8 +35,10 @@ STAGE_KEYS = {
     "cross_eval": ("seed", "output", "cross_eval", "model.dtype"),
     "normalize": ("lambda",),
 }
-# annotate: the window's default and the annotators (toy rule, judge) read these; models and runs enter through extra
-STAGE_KEYS["annotate"] = ("seed", "lambda", "space", "z_range", "output", "model.dtype", "toy.modulus", "annotate")
+# annotate: the window's default and the annotators (toy rule, judge) read these (not annotate.in_main, so main and a
+# standalone run share results); the cross_eval run, window and annotator identity enter through extra
+STAGE_KEYS["annotate"] = ("seed", "lambda", "space", "z_range", "output", "model.dtype", "toy.modulus",
+                          "annotate.annotator", "annotate.per_bin", "annotate.bin_width", "annotate.judge")
 
 
 class ConfigError(ValueError):

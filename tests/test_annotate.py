@@ -55,6 +55,24 @@ def toy_rule(cfg=CFG):
     return annotate.make_annotator("toy_rule", cfg)
 
 
+# ------------------------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("overrides,match", [
+    ("annotate.annotator=oracle", "unknown annotate.annotator 'oracle'"),
+    ("annotate.per_bin=-1", "'annotate.per_bin' must be >= 0"),
+    ("annotate.bin_width=0", "'annotate.bin_width' must be > 0"),
+    ("annotate.in_main=true", "'annotate.in_main' must be false with annotate.annotator=human"),
+    ("annotate.annotator=judge", "'annotate.judge.model' must be a model ref"),
+    ("annotate.judge.threshold=low", "'annotate.judge.threshold' must be a number"),
+    ("annotate.judge.softness=-1", "'annotate.judge.softness' must be >= 0"),
+])
+def test_bad_annotate_config_is_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config("toy", overrides)
+    ok = load_config("toy", "annotate.annotator=pkg.mod:fn annotate.in_main=true annotate.judge.threshold=2")
+    assert ok.annotate.judge.threshold == 2 and ok.annotate.annotator == "pkg.mod:fn"
+
+
 # ------------------------------------------------------------------------------------------- windows and bins
 
 def test_windows_default_to_the_pd_side_and_parse_brackets():
@@ -212,6 +230,7 @@ def _write_rows(path, rows, header=("id", "text", "score")):
 
 @pytest.mark.parametrize("rows,match", [
     ([("AB-1", "x", "1"), ("", "y", "0")], r"data row 2: the id is empty"),
+    ([("AB-1", "x", "1"), ("", "", ""), ("AB-2", "y", "0")], r"data row 2: the id is empty"),
     ([("AB-1", "x", "1"), ("AB-2", "y", "0.5"), ("AB-1", "z", "0")],
      r"data row 3 \(id 'AB-1'\): the id repeats data row 1"),
     ([("AB-1", "x", "good")], r"data row 1 \(id 'AB-1'\): score 'good' is not a number"),
@@ -239,7 +258,8 @@ def test_sheets_must_score_exactly_the_selection(tmp_path, draws):
         sheet = annotate.read_sheet(_write_rows(tmp_path / "s.csv", rows))
         with pytest.raises(ValueError, match=match):
             annotate.check_scores(sheet, sel)
-    assert (annotate.check_scores(annotate.read_sheet(_write_rows(tmp_path / "ok.csv", full[::-1])), sel) == 1).all()
+    trailing = full[::-1] + [("", "", ""), ()]  # blank lines at the end are not rows
+    assert (annotate.check_scores(annotate.read_sheet(_write_rows(tmp_path / "ok.csv", trailing)), sel) == 1).all()
     with pytest.raises(ValueError, match="has no column 'score'"):
         annotate.read_sheet(_write_rows(tmp_path / "h.csv", [("AB-1", "x")], header=("id", "text")))
     with pytest.raises(ValueError, match=r"column 'D' holds 'abc', not a float"):
