@@ -1,4 +1,5 @@
-"""Entry point `main`: sample_outdist A and B, cross_eval A→B and B→A, normalize, as child runs of one run.
+"""Entry point `main`: sample_outdist A and B, cross_eval A→B and B→A, normalize, as child runs of one run
+(and, with annotate.in_main, annotate both cross_eval runs with an automatic annotator).
 
 Each step first looks for a finished run with the same config hash (its config keys, model identities
 and upstream run ids) and reuses it, so rerunning finishes in seconds and a changed parameter reruns
@@ -10,11 +11,12 @@ from functools import partial
 
 import mlflow
 
+from modeldiff import annotate as annotation
 from modeldiff import tracking
 from modeldiff.config import config_hash
 from modeldiff.models import LoadedModel, check_comparable, load_model
 
-from . import cross_eval, normalize, sample_outdist
+from . import annotate, cross_eval, normalize, sample_outdist
 from ._common import Dist, parser, setup, user_errors
 
 
@@ -65,15 +67,46 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
     parent = mlflow.active_run() if dist.is_main else None
     if parent:
         mlflow.set_tags(pair_tags(a, b))
-    runs = run_steps(cfg, dist, a, b, parent.info.experiment_id if parent else None)
+    exp = parent.info.experiment_id if parent else None
+    runs = run_steps(cfg, dist, a, b, exp)
+    if cfg.annotate.in_main:
+        runs.update(_annotate_both(cfg, dist, exp, runs, a))
     if parent:  # the parent shows the result too, and links its steps
         ratio = tracking.load_json(runs["normalize"], "normalize", "ratio.json")
         mlflow.log_dict(ratio, "ratio.json")
         mlflow.log_metrics(normalize.ratio_metrics(ratio))
+        _log_annotations(runs)
         mlflow.set_tags({f"modeldiff.run.{k}": v for k, v in runs.items()})
         mlflow.set_tag(tracking.CONFIG_HASH, config_hash(cfg, {"model_a": a.identity, "model_b": b.identity}))
         print(f"modeldiff: ratio PD_AB:PA_AB:PA_BA:PD_BA = {' : '.join(f'{r:.3f}' for r in ratio['ratio'])}")
     return runs
+
+
+def _annotate_both(cfg, dist: Dist, experiment_id, runs: dict, a) -> dict:
+    """annotate.in_main: both cross_eval runs' PD sides (the default windows) with the automatic annotator."""
+    name = cfg.annotate.annotator
+    judge = annotation.load_judge(cfg) if dist.is_main and name == "judge" else None
+    identity = annotation.annotator_identity(name, judge) if dist.is_main else None
+    out = {}
+    for direction in ("AB", "BA"):
+        ce = runs[f"cross_eval_{direction}"]
+        h = annotate.stage_hash(cfg, ce, annotation.pd_window(direction, float(cfg["lambda"])), "automatic", identity)
+        out[f"annotate_{direction}"] = _step(
+            cfg, dist, experiment_id, "annotate", h, f"annotate {direction}",
+            {"cross_eval_run": ce, "window": "", "scores": ""},
+            partial(annotate.execute, cfg, dist, ce, "", "", lambda: a, judge))
+    return out
+
+
+def _log_annotations(runs: dict):
+    """The parent shows both sides' precision and recall (their recalls compare, like PD_AB and PD_BA)."""
+    for direction in ("AB", "BA"):
+        if f"annotate_{direction}" in runs:
+            ann = tracking.load_json(runs[f"annotate_{direction}"], "annotate", "annotation.json")
+            mlflow.log_metrics({f"{k}_{direction}": ann[k] for k in ("precision", "precision_se", "recall",
+                                                                     "recall_se")})
+            print(f"modeldiff: annotate {direction} ({ann['annotator']}): precision {ann['precision']:.3f}, "
+                  f"recall {ann['recall']:.3f}")
 
 
 def main(argv=None):

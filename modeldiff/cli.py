@@ -18,6 +18,7 @@ COMMANDS = {
     "normalize": ("normalize", "stage 3: the ratio from an A→B and a B→A cross_eval run"),
     "plagiarism-check": ("plagiarism_check", "is one model a (noise-added) copy of another? (or screen a version)"),
     "tokendiff": ("tokendiff", "the token-level view of two models on a corpus or one text (LMdiff)"),
+    "annotate": ("annotate", "Sec. 3.4: annotation sheets, automatic annotators, precision and recall"),
     "register": (None, "register a model ref as an MLflow model version (models:/<name>/<version>)"),
     "screen": (None, "screen new registry versions for plagiarism: serve (webhooks), poll, or run one version"),
 }

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from .annotate import check_annotator_name
 from .cross_eval import WITHIN_BIN
 from .kernels import KERNELS
 from .outdist import check_z_range
@@ -27,6 +28,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 OPEN_NODES = ("sampler.kernel_params",)
 # Keys whose default is null, with the type(s) they take when set.
 NULLABLE = {"space.vocab_size": int, "space.bos_token_id": int, "space.allowed_tokens": (list, str)}
+NULLABLE["annotate.judge.threshold"] = float
 
 # The config keys each stage's result depends on; models and upstream runs enter through `extra`.
 STAGE_KEYS = {
@@ -36,6 +38,10 @@ STAGE_KEYS = {
     "normalize": ("lambda",),
     "plagiarism_check": ("seed", "plagiarism"),
 }
+# annotate: the window's default and the annotators (toy rule, judge) read these (not annotate.in_main, so main and a
+# standalone run share results); the cross_eval run, window and annotator identity enter through extra
+STAGE_KEYS["annotate"] = ("seed", "lambda", "space", "z_range", "output", "model.dtype", "toy.modulus",
+                          "annotate.annotator", "annotate.per_bin", "annotate.bin_width", "annotate.judge")
 
 
 class ConfigError(ValueError):
@@ -181,6 +187,7 @@ def validate(cfg: DictConfig):
         if not ok:
             raise ConfigError(f"config key {key!r} must be {need}, got {OmegaConf.select(cfg, key)!r}: "
                               f"fix it in the config or with overrides \"{key}=...\"")
+    _check_annotate(cfg)
     _check_tokendiff(cfg)
 
 
@@ -234,3 +241,24 @@ def config_hash(cfg: DictConfig, extra: dict | None = None, keys=None) -> str:
 
 def stage_hash(cfg: DictConfig, stage: str, **extra) -> str:
     return config_hash(cfg, extra, STAGE_KEYS[stage])
+
+
+def _check_annotate(cfg: DictConfig):
+    a = cfg.annotate
+    try:
+        check_annotator_name(a.annotator)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    checks = [
+        ("annotate.per_bin", a.per_bin >= 0, ">= 0 (0 = every draw in the window)"),
+        ("annotate.bin_width", a.bin_width > 0, "> 0"),
+        ("annotate.in_main", not a.in_main or a.annotator != "human",
+         "false with annotate.annotator=human (people fill sheets outside main), or set an automatic annotator"),
+        ("annotate.judge.model", a.annotator != "judge" or bool(a.judge.model.strip()),
+         "a model ref with annotate.annotator=judge (e.g. toy:large:seed=1)"),
+        ("annotate.judge.softness", a.judge.softness >= 0, ">= 0 (0 = a 0/1 score)"),
+    ]
+    for key, ok, need in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be {need}, got {OmegaConf.select(cfg, key)!r}: "
+                              f"fix it in the config or with overrides \"{key}=...\"")

@@ -95,3 +95,28 @@ def aggregates_figure(examples: pd.DataFrame, columns: list[str], labels: list[s
     fig.suptitle(title or "per-example aggregates")
     fig.tight_layout()
     return fig
+
+
+def r_d_figure(annotation: dict, title: str = "") -> plt.Figure:
+    """Sec. 3.4: ρ(D) of the window's bins (bars, on the terms' scale: fraction of |X̃|) and the mean score r(D)
+    over them (points with ±1 standard error of the annotation sample), with precision and recall in the legend."""
+    fig, ax = _axes()
+    bins = [b for b in annotation["bins"] if b["n_draws"] > 0]
+    lo = np.array([b["D_lo"] for b in annotation["bins"]])
+    hi = np.array([b["D_hi"] for b in annotation["bins"]])
+    ax.bar(lo, [b["rho"] for b in annotation["bins"]], width=hi - lo, align="edge", color="tab:blue", alpha=0.35,
+           edgecolor="tab:blue", label="ρ(D)")
+    ax.set(xlabel="D = z_A − z_B", ylabel="ρ(D)  (fraction of |X̃|)",
+           title=title or f"annotation of {annotation['window']['text']}")
+    r_ax = ax.twinx()
+    centres = [(b["D_lo"] + b["D_hi"]) / 2 for b in bins]
+    r_ax.errorbar(centres, [b["r"] for b in bins], yerr=[b["r_se"] for b in bins], fmt="o-", color="tab:red",
+                  ms=4, capsize=2, label="r(D)")
+    r_ax.set(ylim=(-0.05, 1.05), ylabel="r(D)  (mean score)")
+    r_ax.grid(False)
+    handles = ax.get_legend_handles_labels()[0] + r_ax.get_legend_handles_labels()[0]
+    note = (f"precision {annotation['precision']:.3f} ± {annotation['precision_se']:.3f}, "
+            f"recall {annotation['recall']:.3f} ± {annotation['recall_se']:.3f}")
+    r_ax.legend(handles, ["ρ(D)", "r(D)"], loc="upper left", fontsize="small", title=note, title_fontsize="small")
+    fig.tight_layout()
+    return fig

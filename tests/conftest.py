@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from modeldiff.enumeration import enumerate_z
+from modeldiff.outdist import build_output_distribution
 from modeldiff.scoring import Scorer
+from modeldiff.tempering import TemperingSettings, geometric_temperatures, run_parallel_tempering
 from modeldiff.toy import ToyTask, make_toy_model, train_toy_model
 
 # Tiny toys are latency-bound: one thread is fastest, and many times faster when other processes
@@ -44,6 +46,21 @@ def toy_scorers(tiny_task, toy_pair):
 @pytest.fixture(scope="session")
 def toy_exact_z(tiny_task, toy_pair):
     return tuple(enumerate_z(m, tiny_task.space, progress=False)[0] for m in toy_pair)
+
+
+# Z of the toy pair's sampled output distributions (`outdists`)
+OUTDIST_Z_RANGE = (1.3, 1.8)
+
+
+@pytest.fixture(scope="session")
+def outdists(tiny_task, toy_scorers):
+    """The toy pair's output distributions over OUTDIST_Z_RANGE by parallel tempering and WHAM (sampled once per
+    session: the pipeline and annotation tests both draw from them)."""
+    settings = TemperingSettings(temperatures=geometric_temperatures(0.02, 1.0, 12), ladders=16, steps=1200,
+                                 burn_in=200, seed=7)
+    return tuple(build_output_distribution(run_parallel_tempering(s, tiny_task.space, settings, progress=False),
+                                           tiny_task.space, OUTDIST_Z_RANGE, bin_width=0.02, seed=7)
+                 for s in toy_scorers)
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ def test_mlproject_entry_points_follow_the_contract():
     expected = {"sample_outdist": {"model", "resume"}, "cross_eval": {"outdist_run", "other_model", "direction"},
                 "normalize": {"ab_run", "ba_run"}, "main": {"model_a", "model_b", "accelerate_config"},
                 "plagiarism_check": {"model_a", "model_b", "version"},
-                "tokendiff": {"model_a", "model_b", "corpus", "column", "text", "measure"}}
+                "tokendiff": {"model_a", "model_b", "corpus", "column", "text", "measure"},
+                "annotate": {"cross_eval_run", "window", "scores"}}
     launcher = {"main": "accelerate launch --config_file {accelerate_config} "}  # the chain can scale out
     eps = project["entry_points"]
     assert set(eps) == set(expected)
@@ -37,7 +38,8 @@ def test_mlproject_entry_points_follow_the_contract():
         assert set(eps[name]["parameters"]) == params | {"config", "overrides"}
         assert eps[name]["command"].startswith(launcher.get(name, "python ") + f"-m entrypoints.{name} ")
         for p in eps[name]["parameters"]:
-            assert f"--{p} {{{p}}}" in eps[name]["command"] or p == "accelerate_config"
+            assert f"--{p} {{{p}}}" in eps[name]["command"] or f"--{p}={{{p}}}" in eps[name]["command"] \
+                or p == "accelerate_config"
     assert eps["main"]["parameters"]["config"]["default"] == "configs/toy.yaml"
     assert eps["main"]["parameters"]["model_a"]["default"] == ""  # "" = the config's models.a (toy:small in toy)
     assert eps["main"]["parameters"]["model_b"]["default"] == ""

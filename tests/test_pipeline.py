@@ -3,24 +3,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import OUTDIST_Z_RANGE as Z_RANGE
 from conftest import assert_within_sigma
 from modeldiff.cross_eval import EmptyBinsError, cross_evaluate, draw_representatives
 from modeldiff.enumeration import exact_counts, exact_log_rho, exact_ratio, in_range
 from modeldiff.normalize import ratio_from_frames
-from modeldiff.outdist import OutputDistribution, build_output_distribution, make_edges
-from modeldiff.tempering import TemperingSettings, geometric_temperatures, run_parallel_tempering
+from modeldiff.outdist import OutputDistribution, make_edges
 
-Z_RANGE = (1.3, 1.8)
 N_DRAWS = 40_000
-
-
-@pytest.fixture(scope="module")
-def outdists(tiny_task, toy_scorers):
-    settings = TemperingSettings(temperatures=geometric_temperatures(0.02, 1.0, 12), ladders=16, steps=1200,
-                                 burn_in=200, seed=7)
-    return tuple(build_output_distribution(run_parallel_tempering(s, tiny_task.space, settings, progress=False),
-                                           tiny_task.space, Z_RANGE, bin_width=0.02, seed=7)
-                 for s in toy_scorers)
 
 
 def term_sigma(z_src, z_other, exact_term, numerator_mask, n):
