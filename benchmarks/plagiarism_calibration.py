@@ -31,7 +31,7 @@ from modeldiff import pipeline
 from modeldiff.config import load_config
 from modeldiff.derive import add_weight_noise
 from modeldiff.models import LoadedModel, decode_digits
-from modeldiff.plagiarism import black_box, black_box_verdict, report, screening_verdict
+from modeldiff.plagiarism import black_box, black_box_verdict, screening_verdict
 from modeldiff.toy import ToyTask, make_toy_model, train_toy_model
 
 SIGMAS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
@@ -112,7 +112,7 @@ def main():
 
     t0 = time.perf_counter()
     base = [n for n, (_, kind, _) in family.items() if kind == "base"]
-    pairs, screened = {}, {}
+    pairs = {}
     for i, name in enumerate(family):
         registry = base[:i] if name in base else base  # the models registered before it
         pairs[name] = {c: pair(c, name) for c in registry}
@@ -137,7 +137,7 @@ def main():
           f"{min(wb(unrelated, 'p_value')):.3g}  [weight_alpha {pc.weight_alpha:g}]")
     print(f"δ-structure p: noise copies >= {min(wb(copies.values(), 'structure_p_value')):.3g}, fine-tunes <= "
           f"{max(wb(tunes, 'structure_p_value')):.3g}  [noise_alpha {pc.noise_alpha:g}]")
-    print(f"weight-energy z (B = the copy): " + ", ".join(f"{n} {r['white_box']['direction_z']:+.1f}"
+    print("weight-energy z (B = the copy): " + ", ".join(f"{n} {r['white_box']['direction_z']:+.1f}"
                                                          for n, r in copies.items()) + f"  [direction_z {pc.direction_z:g}]")
     worst = max(bounds(unrelated))
     print(f"black box, lower bound of q (other model wins on a side's own inputs): unrelated pairs <= {worst:.3f} "

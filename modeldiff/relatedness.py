@@ -130,24 +130,31 @@ def centred_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / denom if denom > 0 else 0.0
 
 
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """[first dim, rest] in float64 on the CPU."""
+    return t.detach().to(device="cpu", dtype=torch.float64).reshape(t.shape[0], -1)
+
+
+def _row_sample(n_rows: int, max_rows: int, generator: torch.Generator) -> torch.Tensor | slice:
+    """At most `max_rows` rows, the same for both models: the tests' cost stays bounded on big matrices, and a row
+    subset of exchangeable (or i.i.d.) weights is exchangeable (or i.i.d.) too, so the p-values stay exact."""
+    return torch.randperm(n_rows, generator=generator)[:max_rows] if n_rows > max_rows else slice(None)
+
+
 def cosine_test(name: str, a: torch.Tensor, b: torch.Tensor, permutations: int, generator: torch.Generator,
-                max_rows: int = 4096) -> TensorCosine:
-    """Observed centred cosine and its Monte Carlo permutation p-value (1 + #{null ≥ observed}) / (1 + T).
-    Tall tensors (embeddings) are subsampled to `max_rows` rows, the same rows in both, for the null only."""
-    observed = centred_cosine(a, b)
-    a2, b2 = _centred(a).reshape(a.shape[0], -1), _centred(b).reshape(b.shape[0], -1)
-    if a2.shape[0] > max_rows:
-        rows = torch.randperm(a2.shape[0], generator=generator)[:max_rows]
-        a2, b2 = a2[rows], b2[rows]
-    a_norm = float(a2.norm())
-    b_norm = float(b2.norm())
+                max_rows: int = 1024) -> TensorCosine:
+    """The centred cosine of the whole tensors, and a Monte Carlo permutation p-value (1 + #{null ≥ observed}) /
+    (1 + T) for the cosine on (at most) `max_rows` of their rows, against the same rows with B's rows and columns
+    shuffled."""
+    rows = _row_sample(a.shape[0], max_rows, generator)
+    a2, b2 = _centred(_as_rows(a)[rows]), _centred(_as_rows(b)[rows])
+    scale = max(float(a2.norm() * b2.norm()), 1e-300)
+    observed = float((a2 * b2).sum()) / scale
     exceed = 0
     for _ in range(permutations):
-        rows = torch.randperm(b2.shape[0], generator=generator)
-        cols = torch.randperm(b2.shape[1], generator=generator)
-        null = float((a2 * b2[rows][:, cols]).sum()) / max(a_norm * b_norm, 1e-300)
-        exceed += null >= observed
-    return TensorCosine(name, int(a.numel()), observed, (1 + exceed) / (1 + permutations))
+        shuffled = b2[torch.randperm(b2.shape[0], generator=generator)][:, torch.randperm(b2.shape[1], generator=generator)]
+        exceed += float((a2 * shuffled).sum()) / scale >= observed
+    return TensorCosine(name, int(a.numel()), centred_cosine(a, b), (1 + exceed) / (1 + permutations))
 
 
 def _unit_rows(weight: torch.Tensor, hidden_first: bool) -> torch.Tensor:
@@ -214,22 +221,22 @@ def spectral_ratio(delta: torch.Tensor) -> float:
     return top_singular_value(delta) * math.sqrt(m * n) / (fro * (math.sqrt(m) + math.sqrt(n)))
 
 
-def noise_structure(pairs: list[tuple], simulations: int, generator: torch.Generator) -> list[DeltaSpectrum]:
-    """δ's spectral ratio per tensor that differs, with a Monte Carlo p-value against Gaussian noise of its shape
-    (tensors of ≥3 dims are flattened to [first dim, rest])."""
+def noise_structure(pairs: list[tuple], simulations: int, generator: torch.Generator,
+                    max_rows: int = 1024) -> list[DeltaSpectrum]:
+    """δ's spectral ratio per tensor that differs (on at most `max_rows` of its rows), with a Monte Carlo p-value
+    against Gaussian matrices of that shape."""
     null: dict[tuple, np.ndarray] = {}
     out = []
     for name, a, b in pairs:
-        delta = (b.to("cpu", torch.float64) - a.to("cpu", torch.float64)).reshape(a.shape[0], -1)
-        if not bool(delta.any()):
+        if torch.equal(a, b):
             continue
+        rows = _row_sample(a.shape[0], max_rows, generator)
+        delta = _as_rows(b)[rows] - _as_rows(a)[rows]
         shape = tuple(delta.shape)
-        if shape not in null:  # the null depends on the shape only; big matrices concentrate, so fewer draws
-            k = simulations if delta.numel() <= 1 << 20 else min(simulations, 19)
+        if shape not in null:  # the null depends on the shape only
             null[shape] = np.array([spectral_ratio(torch.randn(shape, generator=generator, dtype=torch.float64))
-                                    for _ in range(k)])
-        ratio = spectral_ratio(delta)
-        sims = null[shape]
+                                    for _ in range(simulations)])
+        ratio, sims = spectral_ratio(delta), null[shape]
         out.append(DeltaSpectrum(name, ratio, (1 + int((sims >= ratio).sum())) / (1 + len(sims))))
     return out
 

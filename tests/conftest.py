@@ -5,6 +5,9 @@ Tiers: plain tests are fast unit tests; `integration` ones start real processes/
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +105,20 @@ def smollm2_cache(tmp_path_factory):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"SmolLM2 tests need the {module} package ({install})")
     return tmp_path_factory.mktemp("smollm2_cache")
+
+
+@contextmanager
+def sqlite_store(tmp, experiment: str):
+    """A tracking store, experiment and model cache under `tmp`, set in the environment of this process (in-process
+    entry points) and of its subprocesses (`env`)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "MODELDIFF_CACHE": str(tmp / "cache"),
+           "MLFLOW_EXPERIMENT_NAME": experiment, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        experiment_id = MlflowClient().create_experiment(experiment, artifact_location=str(tmp / "artifacts"))
+        yield {"env": {**os.environ, **env}, "experiment_id": experiment_id, "tmp": tmp}

@@ -1,7 +1,6 @@
 """The MLflow platform end to end: `mlflow run . -e main` on the CI toy, reuse, the entry points one by one,
 and bad input. Everything goes to a temporary SQLite store, artifact root and model cache."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import sqlite_store
 from entrypoints import cross_eval, main, normalize, sample_outdist
 from entrypoints import tokendiff as tokendiff_ep
 from modeldiff import tracking
@@ -41,15 +41,8 @@ ARTIFACTS = {
 def store(tmp_path_factory):
     """Tracking store, experiment and model cache for this module, in the environment of this process
     (in-process entry points) and of its subprocesses."""
-    tmp = tmp_path_factory.mktemp("mlflow")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "MODELDIFF_CACHE": str(tmp / "cache"),
-           "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "OMP_NUM_THREADS": "1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        experiment_id = MlflowClient().create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
-        yield {"env": {**os.environ, **env}, "experiment_id": experiment_id, "tmp": tmp}
+    with sqlite_store(tmp_path_factory.mktemp("mlflow"), EXPERIMENT) as store:
+        yield store
 
 
 def mlflow_run(store, entry_point, **params):

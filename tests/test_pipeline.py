@@ -6,7 +6,7 @@ import pytest
 from conftest import OUTDIST_Z_RANGE as Z_RANGE
 from conftest import assert_within_sigma
 from modeldiff.cross_eval import EmptyBinsError, cross_evaluate, draw_representatives
-from modeldiff.enumeration import exact_counts, exact_log_rho, exact_ratio, in_range
+from modeldiff.enumeration import exact_log_rho, exact_ratio, in_range
 from modeldiff.normalize import ratio_from_frames
 from modeldiff.outdist import OutputDistribution, make_edges
 

@@ -2,7 +2,6 @@
 for a noise copy and an independent seed, lineage tags on a registry version, `screen poll` for stores without
 webhooks, and bad input."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import sqlite_store
 from entrypoints import plagiarism_check
 from modeldiff.config import load_config
 from modeldiff.registry import register_model
@@ -26,15 +26,8 @@ COPY = "noise:1e-2:relative:toy:small"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("plagiarism")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "MODELDIFF_CACHE": str(tmp / "cache"),
-           "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        experiment_id = MlflowClient().create_experiment(EXPERIMENT, artifact_location=str(tmp / "artifacts"))
-        yield {"env": {**os.environ, **env}, "experiment_id": experiment_id, "tmp": tmp}
+    with sqlite_store(tmp_path_factory.mktemp("plagiarism"), EXPERIMENT) as store:
+        yield store
 
 
 def runs_of(store, entry_point):
