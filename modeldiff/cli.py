@@ -4,7 +4,8 @@ Each command runs the MLproject entry point of the same name in this process, so
 `modeldiff run-main --model_a toy:small` is `mlflow run . -e main -P model_a=toy:small` without MLflow
 Projects (the entry point still logs to MLflow). `register` is not an entry point: it adds a model
 version to the registry of the configured tracking URI. `screen serve|poll|run` screens registry versions for
-plagiarism (modeldiff.screening).
+plagiarism (modeldiff.screening). `stack up|down|status` runs the team stack (PostgreSQL, mlflow server, screening
+service) without Docker (modeldiff.stack).
 """
 from __future__ import annotations
 
