@@ -72,9 +72,14 @@ class Layout:
     cache: str
 
 
+def _reach(listen: str) -> str:
+    """The address to reach a server bound to `listen` from this machine."""
+    return "127.0.0.1" if listen in ("0.0.0.0", "::", "") else listen
+
+
 def local_layout(root: Path, listen: str = "127.0.0.1") -> Layout:
-    root = Path(root).resolve()
-    return Layout("127.0.0.1", "127.0.0.1", "127.0.0.1", listen, "127.0.0.1", pgdata=str(root / "postgres"),
+    root, host = Path(root).resolve(), _reach(listen)
+    return Layout("127.0.0.1", host, host, listen, "127.0.0.1", pgdata=str(root / "postgres"),
                   pgsocket=str(root / "postgres"), artifacts=str(root / "artifacts"), state=str(root / "screening"),
                   cache=str(root / "cache"))
 
@@ -240,11 +245,11 @@ def _create_database(svc: Service, bin_dir: Path, password: str):
         _run([str(bin_dir / "createdb"), *conn, db], "createdb", env=env)
 
 
-def _healthy(svc: Service, bin_dir: Path) -> bool:
+def _healthy(svc: Service, bin_dir: Path, host: str = "127.0.0.1") -> bool:
     if isinstance(svc.health, list):
         return subprocess.run(program(svc.health, bin_dir), capture_output=True).returncode == 0
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{svc.port}{svc.health}", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{host}:{svc.port}{svc.health}", timeout=5) as r:
             return r.status == 200
     except OSError:
         return False
@@ -301,7 +306,7 @@ def status(root: Path) -> dict:
         raise ValueError(f"no stack in {Path(root).resolve()}: start one with modeldiff stack up --dir {root}")
     svcs = services(Ports(**state["ports"]), local_layout(root, state["listen"]), **state["settings"])
     bin_dir = Path(state["postgres_bin"])
-    state["running"] = {name: bool(p) and _alive(p) and _healthy(svcs[name], bin_dir)
+    state["running"] = {name: bool(p) and _alive(p) and _healthy(svcs[name], bin_dir, _reach(state["listen"]))
                         for name, p in state["processes"].items()}
     return state
 
@@ -335,8 +340,9 @@ def up(root: Path, port_base: int = DEFAULT_PORT_BASE, listen: str = "127.0.0.1"
     _init_postgres(svcs["postgres"], layout, bin_dir, values["POSTGRES_PASSWORD"], user)
     for path in (layout.artifacts, layout.state, layout.cache):
         Path(path).mkdir(parents=True, exist_ok=True)
-    state = {"dir": str(root), "tracking_uri": f"http://127.0.0.1:{ports.mlflow}",
-             "ui_url": f"http://127.0.0.1:{ports.mlflow}", "screening_url": f"http://127.0.0.1:{ports.screening}",
+    host = _reach(listen)
+    state = {"dir": str(root), "tracking_uri": f"http://{host}:{ports.mlflow}",
+             "ui_url": f"http://{host}:{ports.mlflow}", "screening_url": f"http://{host}:{ports.screening}",
              "postgres_uri": f"postgresql://{DB_USER}@127.0.0.1:{ports.postgres}/{DB_NAME}", "ports": vars(ports),
              "listen": listen, "settings": settings, "postgres_bin": str(bin_dir),
              "processes": {name: None for name in ORDER}}
@@ -353,7 +359,7 @@ def up(root: Path, port_base: int = DEFAULT_PORT_BASE, listen: str = "127.0.0.1"
             state["processes"][name] = {"pid": proc.pid, "started": _start_time(proc.pid)}
             _write_state(root, state)
             deadline = time.monotonic() + timeout
-            while not _healthy(svc, bin_dir):
+            while not _healthy(svc, bin_dir, host):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     why = f"exited with code {proc.returncode}" if proc.poll() is not None else \
                         f"was not healthy after {timeout:.0f} s"
