@@ -158,7 +158,9 @@ def test_docker_mlproject_has_the_entry_points_of_the_root_one():
     moved = root["entry_points"]["main"]["parameters"]["accelerate_config"]["default"]
     assert docker["entry_points"]["main"]["parameters"]["accelerate_config"]["default"] == "/opt/modeldiff/" + moved
     docker["entry_points"]["main"]["parameters"]["accelerate_config"]["default"] = moved
-    assert docker["entry_points"] == root["entry_points"]
+    assert docker["entry_points"] == root["entry_points"], (
+        "docker/project/MLproject has drifted from MLproject: copy MLproject's entry_points block into it, with "
+        "accelerate_config's default under /opt/modeldiff/")
     project = _project_spec.load_project(str(DOCKER / "project"))  # MLflow's own reading of it
     assert project.env_type == "docker_env" and project.docker_env["image"] == docker["docker_env"]["image"]
 
