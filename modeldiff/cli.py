@@ -4,7 +4,8 @@ Each command runs the MLproject entry point of the same name in this process, so
 `modeldiff run-main --model_a toy:small` is `mlflow run . -e main -P model_a=toy:small` without MLflow
 Projects (the entry point still logs to MLflow). `register` is not an entry point: it adds a model
 version to the registry of the configured tracking URI. `screen serve|poll|run` screens registry versions for
-plagiarism (modeldiff.screening).
+plagiarism (modeldiff.screening). `stack up|down|status` runs the team stack (PostgreSQL, mlflow server, screening
+service) without Docker (modeldiff.stack).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ COMMANDS = {
     "annotate": ("annotate", "Sec. 3.4: annotation sheets, automatic annotators, precision and recall"),
     "register": (None, "register a model ref as an MLflow model version (models:/<name>/<version>)"),
     "screen": (None, "screen new registry versions for plagiarism: serve (webhooks), poll, or run one version"),
+    "stack": (None, "the team stack without Docker: PostgreSQL, mlflow server, screening service (up, down, status)"),
 }
 
 
@@ -97,6 +99,55 @@ def screen(argv) -> int:
     return 0
 
 
+def stack(argv) -> int:
+    """`modeldiff stack up|down|status [--dir DIR]`: the team stack on this machine (see modeldiff/stack.py)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from modeldiff import stack as st
+
+    p = argparse.ArgumentParser(prog="modeldiff stack", description="PostgreSQL, mlflow server (PostgreSQL backend, "
+                                "proxied artifacts) and the screening service on this machine, without Docker; the "
+                                "same services as docker/compose.yaml. Everything is kept under --dir.")
+    sub = p.add_subparsers(dest="mode", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=Path, default=Path(".modeldiff_stack"),
+                        help="the stack's data, logs, secrets and stack.json (default ./.modeldiff_stack)")
+    u = sub.add_parser("up", parents=[common], help="start the stack in the background (keeps earlier data)")
+    u.add_argument("--port-base", type=int, default=st.DEFAULT_PORT_BASE,
+                   help="mlflow listens here, the screening service on the next port, PostgreSQL on the one after")
+    u.add_argument("--listen", default="127.0.0.1",
+                   help="interface of mlflow and the screening service (0.0.0.0 for a team; PostgreSQL stays local)")
+    u.add_argument("--screen-config", default="configs/toy.yaml", help="config of the screening checks")
+    u.add_argument("--screen-overrides", default="", help="OmegaConf dot-list for the screening checks")
+    u.add_argument("--workers", type=int, default=st.DEFAULT_WORKERS, help="mlflow server worker processes")
+    u.add_argument("--allowed-hosts", default="",
+                   help="more Host names the server accepts, comma-separated (e.g. the team's name for this machine)")
+    sub.add_parser("down", parents=[common], help="stop the stack (its data stays)")
+    sub.add_parser("status", parents=[common], help="the stack's addresses and whether each service is up, as JSON")
+    args = p.parse_args(argv)
+    try:  # no user_errors(): it would import MLflow and torch, and stop and status should answer at once
+        if args.mode == "up":
+            hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
+            state = st.up(args.dir, args.port_base, args.listen, args.screen_config, args.screen_overrides,
+                          args.workers, hosts)
+            print(f"modeldiff stack is up; data in {state['dir']}\n"
+                  f"  export MLFLOW_TRACKING_URI={state['tracking_uri']}\n"
+                  f"  UI: {state['ui_url']}    screening: {state['screening_url']}/health\n"
+                  f"  PostgreSQL: {state['postgres_uri']} (password in {state['dir']}/secrets.env)\n"
+                  f"  stop: modeldiff stack down --dir {args.dir}")
+        elif args.mode == "down":
+            stopped = st.down(args.dir)
+            print(f"modeldiff: stopped {', '.join(stopped) if stopped else 'nothing (no service was running)'}")
+        else:
+            print(json.dumps(st.status(args.dir), indent=1))
+    except (ValueError, OSError) as e:
+        print(f"modeldiff: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def usage() -> str:
     lines = ["usage: modeldiff <command> [arguments]  (modeldiff <command> --help for its arguments)", "",
              "Compare two language models in their input space (Model-diff).", "", "commands:"]
@@ -114,6 +165,8 @@ def main(argv=None):
         return 2
     if argv[0] == "screen":
         return screen(argv[1:])
+    if argv[0] == "stack":
+        return stack(argv[1:])
     if COMMANDS[argv[0]][0] is None:
         return register(argv[1:])
     module = importlib.import_module(f"entrypoints.{COMMANDS[argv[0]][0]}")

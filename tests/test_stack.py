@@ -1,0 +1,380 @@
+"""The team stack (modeldiff/stack.py) and its Docker files.
+
+Without a Docker engine here, docker/compose.yaml, docker/Dockerfile and docker/project/MLproject are checked by
+parsing them: the compose services must run exactly the commands, ports, environment, health checks and volumes that
+`modeldiff stack up` runs (modulo host names and paths), and every version must be pinned and allowed by pyproject.toml.
+
+The stack itself runs for real (`integration`): `modeldiff stack up` starts PostgreSQL (Debian's binaries), `mlflow
+server` on it and the screening service on 127.0.0.1; two `main` chains run against it at once and lose nothing;
+a registered noise copy gets tagged by the stack's screening service; `down` stops every process and `up` again
+finds the runs, artifacts and registry tags where they were."""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from modeldiff import cli, stack
+from modeldiff.config import load_config
+from modeldiff.screening import COUNTERPART_TAG, STATUS_TAG, VERDICT_TAG, WEBHOOK_NAME
+
+from test_entrypoints import ARTIFACTS
+from test_screening import OVERRIDES, get_json, wait_for
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+SECRET = re.compile(r"\$\{(\w+):\?[^}]*\}")
+VARIABLE = re.compile(r"\$\{(\w+)(?::([-+?])([^}]*))?\}")
+
+
+def interpolate(value, env: dict):
+    """Compose's variable substitution with `env` as the environment: ${V:-default}, ${V:+alt}, and ${V:?error}
+    (a required secret: stands as <V> when unset)."""
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if not isinstance(value, str):
+        return str(value)
+
+    def sub(m):
+        name, op, arg = m.groups()
+        got = env.get(name, "")
+        if op == "?":
+            return got or f"<{name}>"
+        if op == "+":
+            return arg if got else ""
+        return got or arg or ""
+
+    return VARIABLE.sub(sub, value)
+
+
+def compose_service(name: str, env: dict | None = None) -> dict:
+    return interpolate(COMPOSE["services"][name], env or {})
+
+
+def container_ports(svc: dict) -> set:
+    return {int(str(p).rsplit(":", 1)[-1]) for p in svc.get("ports", []) + svc.get("expose", [])}
+
+
+# ---- the compose file, the images and the Docker MLproject, against the stack --------------------------------------
+
+def test_compose_runs_the_stacks_services():
+    want = stack.services(stack.Ports.from_base(), stack.COMPOSE_LAYOUT)
+    assert list(COMPOSE["services"]) == list(stack.ORDER) == list(want)
+    for i, (name, svc) in enumerate(want.items()):
+        got = compose_service(name)
+        assert got["command"] == svc.argv, name
+        assert container_ports(got) == {svc.port}, name
+        assert got["environment"] == {**svc.env, **{k: f"<{s}>" for k, s in svc.secret_env.items()}}, name
+        assert got["healthcheck"]["test"] == stack.compose_healthcheck(svc), name
+        targets = [v.split(":", 1)[1] for v in got["volumes"]]
+        for path in svc.data:  # every directory the service keeps state in is on a named volume
+            assert any(path == t or path.startswith(t + "/") for t in targets), (name, path)
+        assert all(v.split(":", 1)[0] in COMPOSE["volumes"] for v in got["volumes"]), name
+        before = stack.ORDER[i - 1] if i else None
+        assert got.get("depends_on", {}) == ({before: {"condition": "service_healthy"}} if before else {}), name
+    # optional settings reach the same places as `modeldiff stack up`'s options
+    settings = {"MODELDIFF_SCREEN_CONFIG": "smollm2", "MODELDIFF_SCREEN_OVERRIDES": "seed=1",
+                "MLFLOW_EXTRA_ALLOWED_HOSTS": "mlflow.lab:5000,10.1.2.3:5000"}
+    custom = stack.services(stack.Ports.from_base(), stack.COMPOSE_LAYOUT, screen_config="smollm2",
+                            screen_overrides="seed=1", allowed_hosts=("mlflow.lab:5000", "10.1.2.3:5000"))
+    assert compose_service("screening", settings)["command"] == custom["screening"].argv
+    assert compose_service("mlflow", settings)["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"] == \
+        custom["mlflow"].env["MLFLOW_SERVER_ALLOWED_HOSTS"]
+    # without Docker, the same commands bind loopback and keep every byte under the stack's directory
+    local = stack.services(stack.Ports.from_base(7000), stack.local_layout(Path("/srv/st")))
+    assert all(p.startswith("/srv/st/") for s in local.values() for p in s.data)
+    assert [s.port for s in local.values()] == [7002, 7000, 7001]
+    assert "listen_addresses=127.0.0.1" in local["postgres"].argv and "127.0.0.1" in local["mlflow"].argv
+    assert local["screening"].env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:7000"
+    assert stack.program(local["mlflow"].argv, Path("/pg"))[:3] == [sys.executable, "-m", "mlflow"]
+    assert stack.program(local["postgres"].argv, Path("/pg"))[0] == "/pg/postgres"
+
+
+def test_env_example_names_every_setting_and_holds_no_secret():
+    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    text = (DOCKER / "compose.yaml").read_text()
+    assert {m.group(1) for m in VARIABLE.finditer(text)} == set(example)
+    assert {m.group(1) for m in SECRET.finditer(text)} == set(stack.SECRETS)
+    assert all(example[k] == "" for k in stack.SECRETS)  # empty: compose stops and names the missing one
+    assert "docker/.env" in (ROOT / ".gitignore").read_text().split()
+
+
+def _pins() -> dict:
+    lines = [line.split("#")[0].strip() for line in (DOCKER / "constraints.txt").read_text().splitlines()]
+    reqs = [Requirement(line) for line in lines if line]
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in reqs), "pin with =="
+    return {r.name: Version(next(iter(r.specifier)).version) for r in reqs}
+
+
+def test_images_and_python_packages_are_pinned_within_pyproject():
+    pins = _pins()
+    deps = [Requirement(d) for d in PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["server"]]
+    assert set(pins) == {d.name for d in deps}
+    for d in deps:
+        assert d.specifier.contains(pins[d.name]), f"{d.name}=={pins[d.name]} is outside pyproject's {d}"
+    bases = re.findall(r"^FROM\s+(\S+)", (DOCKER / "Dockerfile").read_text(), re.M)
+    assert len(bases) == 2 and all(re.search(r":\d+\.\d+\.\d+-", b) for b in bases), bases  # full versions, no latest
+    assert bases[1].startswith("nvidia/cuda:") and "runtime" in bases[1]
+    images = {name: svc["image"] for name, svc in COMPOSE["services"].items()}
+    assert images["mlflow"] == f"modeldiff-mlflow:{pins['mlflow']}"
+    assert images["screening"] == f"modeldiff:{PYPROJECT['project']['version']}"
+    assert COMPOSE["services"]["mlflow"]["build"]["target"] == "server"
+    assert COMPOSE["services"]["screening"]["build"]["target"] == "modeldiff"
+    assert re.fullmatch(r"postgres:\d+\.\d+-bookworm", images["postgres"])
+    try:  # the compose PostgreSQL is the major version the stack's tests run on here
+        out = subprocess.run([str(stack.postgres_bin() / "postgres"), "--version"], capture_output=True, text=True).stdout
+    except ValueError:
+        return
+    assert images["postgres"].split(":")[1].split(".")[0] == re.search(r"(\d+)\.\d+", out).group(1)
+
+
+def test_docker_mlproject_has_the_entry_points_of_the_root_one():
+    from mlflow.projects import _project_spec
+
+    root = yaml.safe_load((ROOT / "MLproject").read_text())
+    docker = yaml.safe_load((DOCKER / "project" / "MLproject").read_text())
+    assert "conda_env" in root and "docker_env" not in root  # `mlflow run . --env-manager local` stays as it was
+    assert docker["docker_env"]["image"] == COMPOSE["services"]["screening"]["image"]
+    assert "modeldiff-cache:/cache" in docker["docker_env"]["volumes"]
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert "VOLUME /cache" in dockerfile and "WORKDIR /opt/modeldiff\n" in dockerfile
+    moved = root["entry_points"]["main"]["parameters"]["accelerate_config"]["default"]
+    assert docker["entry_points"]["main"]["parameters"]["accelerate_config"]["default"] == "/opt/modeldiff/" + moved
+    docker["entry_points"]["main"]["parameters"]["accelerate_config"]["default"] = moved
+    assert docker["entry_points"] == root["entry_points"], (
+        "docker/project/MLproject has drifted from MLproject: copy MLproject's entry_points block into it, with "
+        "accelerate_config's default under /opt/modeldiff/")
+    project = _project_spec.load_project(str(DOCKER / "project"))  # MLflow's own reading of it
+    assert project.env_type == "docker_env" and project.docker_env["image"] == docker["docker_env"]["image"]
+
+
+def test_secrets_are_made_once_and_kept(tmp_path):
+    from cryptography.fernet import Fernet
+
+    first = stack.load_secrets(tmp_path)
+    assert set(first) == set(stack.SECRETS) and (tmp_path / "secrets.env").stat().st_mode & 0o777 == 0o600
+    Fernet(first["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"])  # a valid key, or this raises
+    assert stack.load_secrets(tmp_path) == first
+    assert len({first[k] for k in stack.SECRETS}) == 3 and min(len(v) for v in first.values()) >= 32
+
+
+def test_bad_input_is_one_line_and_exits_2(tmp_path, capsys):
+    def fails(argv, match):
+        assert cli.main(["stack", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("modeldiff: error: ") and "\n" not in err and match in err, err
+
+    fails(["down", "--dir", str(tmp_path)], "no stack in")
+    fails(["status", "--dir", str(tmp_path)], "no stack in")
+    fails(["up", "--dir", str(tmp_path), "--port-base", "80"], "--port-base 80 is out of range")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        if port > 65533:
+            pytest.skip("the kernel gave a port too high to be a base")
+        fails(["up", "--dir", str(tmp_path), "--port-base", str(port)], f"mlflow {port}")
+    assert not (tmp_path / "stack.json").exists()
+
+
+# ---- the stack for real -----------------------------------------------------------------------------------------
+
+def _three_free_ports() -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base <= 65533 and all(stack._port_free(base + i) for i in range(3)):
+            return base
+    raise AssertionError("no three consecutive free ports")
+
+
+def _cli(*argv, env, timeout=600):
+    return subprocess.run([sys.executable, "-m", "modeldiff.cli", "stack", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """`modeldiff stack up` in a fresh directory on free ports; `down` at the end."""
+    pytest.importorskip("psycopg2", reason="the stack's mlflow server needs psycopg2 (pip install -e '.[server]')")
+    try:
+        stack.postgres_bin()
+    except ValueError as e:
+        pytest.skip(str(e))
+    # as root, PostgreSQL runs as an unprivileged user, who must be able to reach the directory
+    base = Path(tempfile.mkdtemp(prefix="modeldiff-stack-"))
+    base.chmod(0o711)
+    root, port = base / "stack", _three_free_ports()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    up = ["up", "--dir", str(root), "--port-base", str(port), "--screen-overrides", OVERRIDES]
+    res = _cli(*up, env=env)
+    try:
+        assert res.returncode == 0, res.stderr[-3000:]
+        state = json.loads((root / "stack.json").read_text())
+        client_env = {"MLFLOW_TRACKING_URI": state["tracking_uri"], "MODELDIFF_CACHE": str(root / "cache")}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in client_env.items():
+                mp.setenv(k, v)
+            mlflow.set_tracking_uri(state["tracking_uri"])
+            yield {"root": root, "state": state, "up": up, "env": {**env, **client_env}}
+    finally:
+        _cli("down", "--dir", str(root), env=env)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def expected_metrics(entry_point: str, cfg) -> dict:
+    """{metric: number of logged points} of a run of `entry_point` with config `cfg`."""
+    terms = ["PD_AB", "PA_AB", "PA_BA", "PD_BA"]
+    ratio = [*terms, *(f"ratio_{t}" for t in terms), *(f"{t}_count" for t in terms), "n_A", "n_A_in_B", "n_B",
+             "n_B_in_A", "D_A_min", "D_A_max", "D_B_min", "D_B_max"]
+    k = int(cfg.sampler.n_temperatures)
+    return {"sample_outdist": {**dict.fromkeys(["n_records", "n_in_z", "n_distinct_in_z", "n_empty_bins_in_z",
+                                                "sampling_seconds", "acceptance_mean", "swap_acceptance_min",
+                                                "wham_iterations"], 1),
+                               "acceptance": k, "temperature": k, "swap_acceptance": k - 1},
+            "cross_eval": dict.fromkeys(["n_draws", "n_in_z_other", "n_distinct", "D_min", "D_max", "D_mean",
+                                         "frac_D_negative_in_z"], 1),
+            "normalize": dict.fromkeys(ratio, 1), "main": dict.fromkeys(ratio, 1)}[entry_point]
+
+
+def artifacts(run_id, path=None):
+    out = []
+    for f in MlflowClient().list_artifacts(run_id, path):
+        out += artifacts(run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def ratio_of(run_id):
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/ratio.json")
+
+
+PAIRS = [("toy:small", "toy:large"), ("toy:small:seed=1", "toy:large:seed=1")]  # no step in common: nothing reused
+
+
+@pytest.fixture(scope="module")
+def chains(live):
+    """Two `mlflow run . -e main` at once against the stack, on two model pairs: {pair: parent run id}."""
+    experiment = "stack-chains"
+    experiment_id = MlflowClient().create_experiment(experiment)  # once: two runs creating it at once would race
+    procs = {}
+    for a, b in PAIRS:
+        cmd = ["mlflow", "run", str(ROOT), "-e", "main", "--env-manager", "local", "--experiment-name", experiment,
+               "-P", f"model_a={a}", "-P", f"model_b={b}", "-P", f"overrides={OVERRIDES}"]
+        log = open(live["root"] / f"chain-{a}.log", "w")
+        procs[(a, b)] = (subprocess.Popen(cmd, cwd=ROOT, env=live["env"], stdout=log, stderr=subprocess.STDOUT), log)
+    for (a, b), (proc, log) in procs.items():
+        rc = proc.wait(900)
+        log.close()
+        assert rc == 0, (live["root"] / f"chain-{a}.log").read_text()[-3000:]
+    parents = MlflowClient().search_runs([experiment_id], "tags.`modeldiff.entry_point` = 'main'")
+    assert len(parents) == 2
+    return {(p.data.tags["modeldiff.model_a"], p.data.tags["modeldiff.model_b"]): p.info.run_id for p in parents}
+
+
+@pytest.mark.integration
+def test_two_chains_at_once_finish_with_every_run_artifact_and_metric(live, chains):
+    client, cfg = MlflowClient(), load_config("toy", OVERRIDES)
+    assert set(chains) == set(PAIRS)
+    for (a, b), parent_id in chains.items():
+        parent = client.get_run(parent_id)
+        assert parent.info.status == "FINISHED" and parent.info.artifact_uri.startswith("mlflow-artifacts:")
+        children = {k.removeprefix("modeldiff.run."): v for k, v in parent.data.tags.items()
+                    if k.startswith("modeldiff.run.")}
+        assert set(children) == {"sample_outdist_A", "sample_outdist_B", "cross_eval_AB", "cross_eval_BA", "normalize"}
+        for name, run_id in children.items():
+            run = client.get_run(run_id)
+            entry_point = name.rsplit("_", 1)[0] if name != "normalize" else name
+            assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent_id, (a, name)
+            assert set(ARTIFACTS[entry_point]) <= set(artifacts(run_id)), (a, name)
+            want = expected_metrics(entry_point, cfg)
+            assert set(run.data.metrics) == set(want), (a, name)
+            for key, n in want.items():
+                history = client.get_metric_history(run_id, key)
+                assert sorted(m.step for m in history) == list(range(n)), (a, name, key)
+        models = {"sample_outdist_A": a, "sample_outdist_B": b}
+        for name, ref in models.items():
+            run = client.get_run(children[name])
+            assert run.data.tags["modeldiff.model"] == ref
+            s = cfg.sampler
+            assert run.data.metrics["n_records"] == (s.steps - s.burn_in) // s.thin * s.n_temperatures * s.ladders
+        for name in ("cross_eval_AB", "cross_eval_BA"):
+            assert client.get_run(children[name]).data.metrics["n_draws"] == cfg.cross_eval.n_draws
+        ratio = ratio_of(children["normalize"])
+        assert ratio_of(parent_id) == ratio and ratio["counts"]["n_A"] == ratio["counts"]["n_B"] == cfg.cross_eval.n_draws
+        for run_id in (children["normalize"], parent_id):
+            metrics = client.get_run(run_id).data.metrics
+            assert {k: metrics[k] for k in ratio["terms"]} == ratio["terms"]
+            assert {k: metrics[k] for k in ratio["counts"]} == ratio["counts"]
+        assert (parent.data.tags["modeldiff.model_a"], parent.data.tags["modeldiff.model_b"]) == (a, b)
+
+
+@pytest.fixture(scope="module")
+def lineage(live):
+    """A parent and its noise copy registered with the stack; each screened by the stack's own service."""
+    for ref, name in (("toy:small", "parent"), ("noise:1e-2:relative:toy:small", "suspect")):
+        res = subprocess.run([sys.executable, "-m", "modeldiff.cli", "register", ref, "--name", name,
+                              "--overrides", OVERRIDES], cwd=ROOT, env=live["env"], capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0 and f"models:/{name}/1" in res.stdout, res.stderr[-2000:]
+
+    def screened(name):
+        tags = MlflowClient().get_model_version(name, "1").tags
+        return tags.get(STATUS_TAG) in ("done", "failed") and tags
+
+    return {name: wait_for(lambda n=name: screened(n), 900, f"models:/{name}/1 to be screened")
+            for name in ("parent", "suspect")}
+
+
+@pytest.mark.integration
+def test_registered_noise_copy_is_tagged_by_the_stacks_screening(live, lineage):
+    assert lineage["parent"][STATUS_TAG] == "done" and lineage["parent"][VERDICT_TAG] == "independent"
+    assert lineage["suspect"][STATUS_TAG] == "done", lineage["suspect"]
+    assert lineage["suspect"][VERDICT_TAG] == "suspected_copy_of"
+    assert lineage["suspect"][COUNTERPART_TAG] == "models:/parent/1"
+    hooks = [w for w in MlflowClient().list_webhooks() if w.name == WEBHOOK_NAME]
+    assert [w.url for w in hooks] == [f"{live['state']['screening_url']}/webhook"]
+    # both deliveries came from MLflow, signed (the service counts a job done just after its tags are written)
+    health = wait_for(lambda: (h := get_json(f"{live['state']['screening_url']}/health"))["jobs_done"] >= 2 and h, 60,
+                      "the service to count both jobs")
+    assert health["deliveries_accepted"] == 2 and health["deliveries_rejected"] == 0 and health["jobs_done"] == 2
+
+
+@pytest.mark.integration
+def test_down_stops_every_process_and_up_again_keeps_the_data(live, chains, lineage):
+    before = json.loads((live["root"] / "stack.json").read_text())
+    res = _cli("down", "--dir", str(live["root"]), env=live["env"])
+    assert res.returncode == 0 and "stopped screening, mlflow, postgres" in res.stdout, res.stderr
+    for name, proc in before["processes"].items():
+        assert not stack._alive(proc), name
+    assert all(stack._port_free(p) for p in before["ports"].values())
+    assert all(p is None for p in json.loads((live["root"] / "stack.json").read_text())["processes"].values())
+
+    res = _cli(*live["up"], env=live["env"])  # the same directory: same database, artifacts and secrets
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = json.loads(_cli("status", "--dir", str(live["root"]), env=live["env"]).stdout)
+    assert status["running"] == {"postgres": True, "mlflow": True, "screening": True}
+    client = MlflowClient()
+    for parent_id in chains.values():
+        assert client.get_run(parent_id).info.status == "FINISHED"
+        assert set(ratio_of(parent_id)) == {"lambda", "terms", "ratio", "counts", "D_range"}
+    assert client.get_model_version("suspect", "1").tags == lineage["suspect"]
+    assert len([w for w in client.list_webhooks() if w.name == WEBHOOK_NAME]) == 1  # updated, not duplicated
