@@ -122,3 +122,19 @@ def sqlite_store(tmp, experiment: str):
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
         experiment_id = MlflowClient().create_experiment(experiment, artifact_location=str(tmp / "artifacts"))
         yield {"env": {**os.environ, **env}, "experiment_id": experiment_id, "tmp": tmp}
+
+
+def artifacts(run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact path of a run, recursively."""
+    from mlflow.tracking import MlflowClient
+
+    out = []
+    for f in MlflowClient().list_artifacts(run_id, path):
+        out += artifacts(run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def ratio_of(run_id: str) -> dict:
+    import mlflow
+
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/ratio.json")

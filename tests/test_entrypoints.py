@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import sqlite_store
+from conftest import artifacts, ratio_of, sqlite_store  # noqa: F401 (re-exported)
 from entrypoints import cross_eval, main, normalize, sample_outdist
 from entrypoints import tokendiff as tokendiff_ep
 from modeldiff import tracking
@@ -55,17 +55,6 @@ def mlflow_run(store, entry_point, **params):
 def runs_of(store, entry_point, status=None):
     flt = f"tags.`modeldiff.entry_point` = '{entry_point}'" + (f" and attributes.status = '{status}'" if status else "")
     return MlflowClient().search_runs([store["experiment_id"]], flt, order_by=["attributes.start_time DESC"])
-
-
-def artifacts(run_id, path=None):
-    out = []
-    for f in MlflowClient().list_artifacts(run_id, path):
-        out += artifacts(run_id, f.path) if f.is_dir else [f.path]
-    return out
-
-
-def ratio_of(run_id):
-    return json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="ratio.json")).read_text())
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from modeldiff import cli, stack
 from modeldiff.config import load_config
 from modeldiff.screening import COUNTERPART_TAG, STATUS_TAG, VERDICT_TAG, WEBHOOK_NAME
 
+from conftest import artifacts, ratio_of
 from test_entrypoints import ARTIFACTS
 from test_screening import OVERRIDES, get_json, wait_for
 
@@ -254,17 +255,6 @@ def expected_metrics(entry_point: str, cfg) -> dict:
             "cross_eval": dict.fromkeys(["n_draws", "n_in_z_other", "n_distinct", "D_min", "D_max", "D_mean",
                                          "frac_D_negative_in_z"], 1),
             "normalize": dict.fromkeys(ratio, 1), "main": dict.fromkeys(ratio, 1)}[entry_point]
-
-
-def artifacts(run_id, path=None):
-    out = []
-    for f in MlflowClient().list_artifacts(run_id, path):
-        out += artifacts(run_id, f.path) if f.is_dir else [f.path]
-    return out
-
-
-def ratio_of(run_id):
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/ratio.json")
 
 
 PAIRS = [("toy:small", "toy:large"), ("toy:small:seed=1", "toy:large:seed=1")]  # no step in common: nothing reused
