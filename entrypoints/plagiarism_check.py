@@ -11,36 +11,31 @@ Two modes:
 """
 from __future__ import annotations
 
-import re
-
 import mlflow
 
 from modeldiff import pipeline, plots, tracking
 from modeldiff.config import stage_hash
 from modeldiff.models import LoadedModel, check_comparable, load_model
 from modeldiff.plagiarism import screening_verdict, statistic
-from modeldiff.registry import IDENTITY_TAG
+from modeldiff.registry import IDENTITY_TAG, safe_name
 
 from . import main as chain
 from ._common import Dist, parser, setup, user_errors
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def check_pair(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -> dict:
-    """The chain's steps for (a, b), then the verdict; returns the plagiarism.json body (main process) or {}."""
+def check_pair(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -> tuple[dict, tuple | None]:
+    """The chain's steps for (a, b), then the verdict; returns the plagiarism.json body and the two sides' draws
+    (main process), or ({}, None)."""
     runs = chain.run_steps(cfg, dist, a, b, experiment_id)
     if not dist.is_main:
-        return {}
+        return {}, None
     ab, ba = tracking.load_draws(runs["cross_eval_AB"]), tracking.load_draws(runs["cross_eval_BA"])
     verdict, rep = pipeline.plagiarism(cfg, a, b, ab, ba)
     ratio = tracking.load_json(runs["normalize"], "normalize", "ratio.json")
     names = {"A": a.ref, "B": b.ref}
     return {"model_a": a.ref, "model_b": b.ref, "identity_a": a.identity, "identity_b": b.identity,
             "copy_model": names.get(verdict.copy), "parent_model": names.get(verdict.parent), **rep,
-            "ratio": ratio["ratio"], "runs": runs}
+            "ratio": ratio["ratio"], "runs": runs}, (ab, ba)
 
 
 def _metrics(rep: dict) -> dict:
@@ -60,12 +55,12 @@ def _pair_mode(cfg, dist: Dist, model_a: str, model_b: str) -> dict | None:
     run = mlflow.active_run() if dist.is_main else None
     if run:
         mlflow.set_tags(chain.pair_tags(a, b))
-    rep = check_pair(cfg, dist, a, b, run.info.experiment_id if run else None)
+    rep, draws = check_pair(cfg, dist, a, b, run.info.experiment_id if run else None)
     if not run:
         return None
     mlflow.log_dict(rep, "plagiarism.json")
     mlflow.log_metrics(_metrics(rep))
-    ab, ba = tracking.load_draws(rep["runs"]["cross_eval_AB"]), tracking.load_draws(rep["runs"]["cross_eval_BA"])
+    ab, ba = draws
     tracking.log_figure(plots.d_overlay_figure(ab, ba, title=f"A = {a.ref}, B = {b.ref}: {rep['verdict']}"),
                         "plots/D_overlay.png")
     mlflow.set_tags({"modeldiff.verdict": rep["verdict"],
@@ -104,9 +99,9 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
         with dist.main_first():
             new = new or load_model(uri, cfg)  # loaded once, and only if something needs comparing
             other = load_model(other_uri, cfg)
-        rep = check_pair(cfg, dist, other, new, run.info.experiment_id if run else None)
+        rep, _ = check_pair(cfg, dist, other, new, run.info.experiment_id if run else None)
         if run:
-            mlflow.log_dict(rep, f"pairs/{_safe(other_uri.removeprefix('models:/'))}.json")
+            mlflow.log_dict(rep, f"pairs/{safe_name(other_uri.removeprefix('models:/'))}.json")
             results.append((other_uri, rep))
         del other
     if not run:

@@ -27,8 +27,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Subtrees whose keys are free-form (each kernel takes its own parameters).
 OPEN_NODES = ("sampler.kernel_params",)
 # Keys whose default is null, with the type(s) they take when set.
-NULLABLE = {"space.vocab_size": int, "space.bos_token_id": int, "space.allowed_tokens": (list, str)}
-NULLABLE["annotate.judge.threshold"] = float
+NULLABLE = {"space.vocab_size": int, "space.bos_token_id": int, "space.allowed_tokens": (list, str),
+            "annotate.judge.threshold": float}
 
 # The config keys each stage's result depends on; models and upstream runs enter through `extra`.
 STAGE_KEYS = {
@@ -37,11 +37,11 @@ STAGE_KEYS = {
                    "tokendiff.top_k", "tokendiff.clamp_rank", "tokendiff.cross_eval_views", "tokendiff.hist_bins"),
     "normalize": ("lambda",),
     "plagiarism_check": ("seed", "plagiarism"),
+    # the window's default and the annotators (toy rule, judge) read these (not annotate.in_main, so main and a
+    # standalone run share results); the cross_eval run, window and annotator identity enter through extra
+    "annotate": ("seed", "lambda", "space", "z_range", "output", "model.dtype", "toy.modulus",
+                 "annotate.annotator", "annotate.per_bin", "annotate.bin_width", "annotate.judge"),
 }
-# annotate: the window's default and the annotators (toy rule, judge) read these (not annotate.in_main, so main and a
-# standalone run share results); the cross_eval run, window and annotator identity enter through extra
-STAGE_KEYS["annotate"] = ("seed", "lambda", "space", "z_range", "output", "model.dtype", "toy.modulus",
-                          "annotate.annotator", "annotate.per_bin", "annotate.bin_width", "annotate.judge")
 
 
 class ConfigError(ValueError):
@@ -182,12 +182,12 @@ def validate(cfg: DictConfig):
         ("plagiarism.direction_z", cfg.plagiarism.direction_z > 0, "> 0"),
         ("plagiarism.permutations", cfg.plagiarism.permutations >= 1, ">= 1"),
         ("plagiarism.simulations", cfg.plagiarism.simulations >= 1, ">= 1"),
+        *_annotate_checks(cfg.annotate),
     ]
     for key, ok, need in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} must be {need}, got {OmegaConf.select(cfg, key)!r}: "
                               f"fix it in the config or with overrides \"{key}=...\"")
-    _check_annotate(cfg)
     _check_tokendiff(cfg)
 
 
@@ -243,13 +243,13 @@ def stage_hash(cfg: DictConfig, stage: str, **extra) -> str:
     return config_hash(cfg, extra, STAGE_KEYS[stage])
 
 
-def _check_annotate(cfg: DictConfig):
-    a = cfg.annotate
+def _annotate_checks(a: DictConfig) -> list[tuple]:
+    """The annotate section's (key, ok, requirement) rows for `validate`; an unknown annotator is named at once."""
     try:
         check_annotator_name(a.annotator)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    checks = [
+    return [
         ("annotate.per_bin", a.per_bin >= 0, ">= 0 (0 = every draw in the window)"),
         ("annotate.bin_width", a.bin_width > 0, "> 0"),
         ("annotate.in_main", not a.in_main or a.annotator != "human",
@@ -258,7 +258,3 @@ def _check_annotate(cfg: DictConfig):
          "a model ref with annotate.annotator=judge (e.g. toy:large:seed=1)"),
         ("annotate.judge.softness", a.judge.softness >= 0, ">= 0 (0 = a 0/1 score)"),
     ]
-    for key, ok, need in checks:
-        if not ok:
-            raise ConfigError(f"config key {key!r} must be {need}, got {OmegaConf.select(cfg, key)!r}: "
-                              f"fix it in the config or with overrides \"{key}=...\"")

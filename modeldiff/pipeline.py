@@ -6,6 +6,8 @@ batch and all-gathers the rest through whatever `gather` callable the caller pas
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pandas as pd
 import torch
@@ -95,10 +97,8 @@ def normalize(cfg, ab: pd.DataFrame, ba: pd.DataFrame) -> tuple[dict, pd.DataFra
 
 
 def plagiarism_thresholds(cfg) -> Thresholds:
-    p = cfg.plagiarism
-    return Thresholds(dominated=float(p.dominated), own_wins=float(p.own_wins), weight_alpha=float(p.weight_alpha),
-                      noise_alpha=float(p.noise_alpha), direction_z=float(p.direction_z),
-                      near_identical=float(p.near_identical), identical_tolerance=float(p.identical_tolerance), confidence=float(p.confidence))
+    """The config's plagiarism.* keys of the same names (the rest of that section are the tests' settings)."""
+    return Thresholds(**{f.name: float(cfg.plagiarism[f.name]) for f in fields(Thresholds)})
 
 
 def plagiarism(cfg, a: LoadedModel, b: LoadedModel, ab: pd.DataFrame, ba: pd.DataFrame) -> tuple[Verdict, dict]:

@@ -102,7 +102,8 @@ def get_version(uri: str):
                          ) from None
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A registry name as a file-name part."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
@@ -116,7 +117,7 @@ def _cached_identity(path: Path) -> str | None:
 def _download(version, identity: str) -> Path:
     """The version's `model/` artifact under the cache, reused while its identity matches the version's
     (another tracking store may have a different model under the same name and version)."""
-    out = cache_root() / "registry" / _safe(version.name) / str(version.version)
+    out = cache_root() / "registry" / safe_name(version.name) / str(version.version)
     if _cached_identity(out) == identity:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
