@@ -15,6 +15,7 @@ the true- and false-positive rates and how often the parent is named, for the bl
     python benchmarks/plagiarism_calibration.py            # ~5 min on 2 cores
     python benchmarks/plagiarism_calibration.py --quick    # fewer models, fewer steps
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,23 @@ import numpy as np
 import torch
 
 from modeldiff import pipeline
+from modeldiff.analysis.plagiarism import black_box, black_box_verdict, screening_verdict
 from modeldiff.config import load_config
-from modeldiff.derive import add_weight_noise
+from modeldiff.method.toy import ToyTask, make_toy_model, train_toy_model
 from modeldiff.models import LoadedModel, decode_digits
-from modeldiff.plagiarism import black_box, black_box_verdict, screening_verdict
-from modeldiff.toy import ToyTask, make_toy_model, train_toy_model
+from modeldiff.models.derive import add_weight_noise
 
 SIGMAS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 # the trained-toy regime: Z around the valid sequences (entropy ln(7776/10)/5 ≈ 1.33), models near convergence
-OVERRIDES = ("z_range=[1.3,1.45] toy.train_steps=800 sampler.ladders=8 sampler.steps=400 sampler.burn_in=100 "
-             "reweighting.n_bootstrap=0 cross_eval.n_draws=2000")
+OVERRIDES = (
+    "z_range=[1.3,1.45] toy.train_steps=800 sampler.ladders=8 sampler.steps=400 sampler.burn_in=100 "
+    "reweighting.n_bootstrap=0 cross_eval.n_draws=2000"
+)
 
 
 def build_family(task: ToyTask, steps: int, quick: bool) -> dict[str, tuple[torch.nn.Module, str, str | None]]:
     """{name: (model, kind, true parent name or None)}; kinds: base, copy, finetune."""
+
     def trained(seed: int, arch=(32, 2, 2)):
         m = make_toy_model(task, n_embd=arch[0], n_head=arch[1], n_layer=arch[2], seed=seed)
         train_toy_model(m, task, steps=steps, seed=seed, progress=False)
@@ -73,7 +77,10 @@ def build_family(task: ToyTask, steps: int, quick: bool) -> dict[str, tuple[torc
     for sigma in SIGMAS:
         for noise_seed in (1, 2)[: 1 if quick else 2]:
             fam[f"noise{sigma:g}/{noise_seed}"] = (
-                add_weight_noise(copy.deepcopy(parent), sigma, seed=noise_seed, relative=True), "copy", "parent")
+                add_weight_noise(copy.deepcopy(parent), sigma, seed=noise_seed, relative=True),
+                "copy",
+                "parent",
+            )
     fam["ft-same"] = (finetuned(task, 30, 1e-3, 11), "finetune", "parent")
     fam["ft-mod5"] = (finetuned(replace(task, modulus=5), 30, 1e-3, 12), "finetune", "parent")
     if not quick:
@@ -94,19 +101,24 @@ def main():
     t0 = time.perf_counter()
     family = build_family(task, int(cfg.toy.train_steps), args.quick)
     t_train = time.perf_counter() - t0
-    loaded = {n: LoadedModel(m.eval(), None, f"bench:{n}", task.space, n, decode_digits) for n, (m, _, _) in family.items()}
+    loaded = {
+        n: LoadedModel(m.eval(), None, f"bench:{n}", task.space, n, decode_digits) for n, (m, _, _) in family.items()
+    }
     t0 = time.perf_counter()
     outdists = {n: pipeline.sample_outdist(cfg, m) for n, m in loaded.items()}
     t_sample = time.perf_counter() - t0
-    print(f"family: {len(family)} models ({', '.join(family)}); training {t_train:.0f} s, sampling {t_sample:.0f} s",
-          flush=True)
+    print(
+        f"family: {len(family)} models ({', '.join(family)}); training {t_train:.0f} s, sampling {t_sample:.0f} s",
+        flush=True,
+    )
 
     def pair(a: str, b: str) -> dict:
         ab = pipeline.cross_eval(cfg, outdists[a], loaded[a], loaded[b], "A")
         ba = pipeline.cross_eval(cfg, outdists[b], loaded[b], loaded[a], "B")
         verdict, rep = pipeline.plagiarism(cfg, loaded[a], loaded[b], ab, ba)
-        bb_only = black_box_verdict(black_box(ab, ba, pipeline.plagiarism_thresholds(cfg)),
-                                    pipeline.plagiarism_thresholds(cfg))
+        bb_only = black_box_verdict(
+            black_box(ab, ba, pipeline.plagiarism_thresholds(cfg)), pipeline.plagiarism_thresholds(cfg)
+        )
         rep["black_box_only"] = {"verdict": bb_only.verdict, "copy": bb_only.copy}
         return rep
 
@@ -133,21 +145,32 @@ def main():
     bounds = lambda rs: [r["black_box"][s]["interval"][0] for r in rs for s in "AB"]  # noqa: E731
     q95 = lambda rs: [r["black_box"]["abs_D_q95"] for r in rs]  # noqa: E731
     pc = cfg.plagiarism
-    print(f"weight independence p: lineage pairs <= {max(wb(related, 'p_value')):.3g}, unrelated pairs >= "
-          f"{min(wb(unrelated, 'p_value')):.3g}  [weight_alpha {pc.weight_alpha:g}]")
-    print(f"δ-structure p: noise copies >= {min(wb(copies.values(), 'structure_p_value')):.3g}, fine-tunes <= "
-          f"{max(wb(tunes, 'structure_p_value')):.3g}  [noise_alpha {pc.noise_alpha:g}]")
-    print("weight-energy z (B = the copy): " + ", ".join(f"{n} {r['white_box']['direction_z']:+.1f}"
-                                                         for n, r in copies.items()) + f"  [direction_z {pc.direction_z:g}]")
+    print(
+        f"weight independence p: lineage pairs <= {max(wb(related, 'p_value')):.3g}, unrelated pairs >= "
+        f"{min(wb(unrelated, 'p_value')):.3g}  [weight_alpha {pc.weight_alpha:g}]"
+    )
+    print(
+        f"δ-structure p: noise copies >= {min(wb(copies.values(), 'structure_p_value')):.3g}, fine-tunes <= "
+        f"{max(wb(tunes, 'structure_p_value')):.3g}  [noise_alpha {pc.noise_alpha:g}]"
+    )
+    print(
+        "weight-energy z (B = the copy): "
+        + ", ".join(f"{n} {r['white_box']['direction_z']:+.1f}" for n, r in copies.items())
+        + f"  [direction_z {pc.direction_z:g}]"
+    )
     worst = max(bounds(unrelated))
-    print(f"black box, lower bound of q (other model wins on a side's own inputs): unrelated pairs <= {worst:.3f} "
-          f"(-> dominated >= {np.ceil(worst * 20) / 20:.2f} keeps them all out); copies vs parent "
-          f"{min(bounds(copies.values())):.3f}..{max(bounds(copies.values())):.3f}  [dominated {pc.dominated:g}]")
+    print(
+        f"black box, lower bound of q (other model wins on a side's own inputs): unrelated pairs <= {worst:.3f} "
+        f"(-> dominated >= {np.ceil(worst * 20) / 20:.2f} keeps them all out); copies vs parent "
+        f"{min(bounds(copies.values())):.3f}..{max(bounds(copies.values())):.3f}  [dominated {pc.dominated:g}]"
+    )
     closest = min(q95(unrelated))
-    print(f"black box, 95th percentile of |D|: unrelated pairs >= {closest:.3g} (-> near_identical <= "
-          f"{closest / 2:.3g} with a 2x margin); copies vs parent " +
-          ", ".join(f"{n} {r['black_box']['abs_D_q95']:.2g}" for n, r in copies.items()) +
-          f"  [near_identical {pc.near_identical:g}]")
+    print(
+        f"black box, 95th percentile of |D|: unrelated pairs >= {closest:.3g} (-> near_identical <= "
+        f"{closest / 2:.3g} with a 2x margin); copies vs parent "
+        + ", ".join(f"{n} {r['black_box']['abs_D_q95']:.2g}" for n, r in copies.items())
+        + f"  [near_identical {pc.near_identical:g}]"
+    )
 
     print("\n=== screening verdicts (each model against the base models registered before it) ===")
     print(f"{'model':16s} {'truth':22s} {'black box alone':34s} combined")
@@ -165,29 +188,39 @@ def main():
         neg = [r for r in rows if r["kind"] == "base" and r["name"] != "parent"]
         ft = [r for r in rows if r["kind"] == "finetune"]
         flagged = [r for r in cp if r[key][0] == "suspected_copy_of"]
-        return {"tpr": len(flagged) / len(cp), "parent_named": sum(r[key][1] == r["parent"] for r in flagged) / len(cp),
-                "fpr": sum(r[key][0] == "suspected_copy_of" for r in neg) / len(neg),
-                "finetunes_related": sum(r[key][0] == "related" for r in ft) / len(ft),
-                "n": (len(cp), len(neg), len(ft))}
+        return {
+            "tpr": len(flagged) / len(cp),
+            "parent_named": sum(r[key][1] == r["parent"] for r in flagged) / len(cp),
+            "fpr": sum(r[key][0] == "suspected_copy_of" for r in neg) / len(neg),
+            "finetunes_related": sum(r[key][0] == "related" for r in ft) / len(ft),
+            "n": (len(cp), len(neg), len(ft)),
+        }
 
     print("\n=== rates ===")
     summary = {}
     for key, label in (("bb", "black box alone"), ("combined", "combined")):
         r = summary[key] = rates(key)
-        print(f"{label:16s} noise copies flagged {r['tpr']:.0%} (parent named {r['parent_named']:.0%}) of {r['n'][0]}; "
-              f"copy verdicts on independent models {r['fpr']:.0%} of {r['n'][1]}; "
-              f"fine-tunes 'related' {r['finetunes_related']:.0%} of {r['n'][2]}")
+        print(
+            f"{label:16s} noise copies flagged {r['tpr']:.0%} (parent named {r['parent_named']:.0%}) of {r['n'][0]}; "
+            f"copy verdicts on independent models {r['fpr']:.0%} of {r['n'][1]}; "
+            f"fine-tunes 'related' {r['finetunes_related']:.0%} of {r['n'][2]}"
+        )
     right = {n: r["copy"] == "A" for n, r in swapped.items() if r["verdict"] == "suspected_copy_of"}
     evidence = {n: r["direction_evidence"] for n, r in swapped.items()}
     visible = [n for n, e in evidence.items() if e != "argument_order"]
-    print(f"swapped arguments (copy as model A): {sum(right.values())}/{len(swapped)} copies named as the copy; "
-          f"direction visible without argument order for {len(visible)}/{len(swapped)} "
-          f"({', '.join(f'{n}: {evidence[n]}' for n in visible) or 'none'})")
-    print(f"\ntimes (s): training {t_train:.0f}, sampling {t_sample:.0f}, {sum(map(len, pairs.values())) + len(swapped)} "
-          f"pairs {t_pairs:.0f}")
+    print(
+        f"swapped arguments (copy as model A): {sum(right.values())}/{len(swapped)} copies named as the copy; "
+        f"direction visible without argument order for {len(visible)}/{len(swapped)} "
+        f"({', '.join(f'{n}: {evidence[n]}' for n in visible) or 'none'})"
+    )
+    print(
+        f"\ntimes (s): training {t_train:.0f}, sampling {t_sample:.0f}, {sum(map(len, pairs.values())) + len(swapped)} "
+        f"pairs {t_pairs:.0f}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"pairs": pairs, "swapped": swapped, "summary": summary}, indent=1,
-                                        default=float))
+        args.json.write_text(
+            json.dumps({"pairs": pairs, "swapped": swapped, "summary": summary}, indent=1, default=float)
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Targets: kernel cost ≤ 1.2× the unavoidable passes; scoring ≥ 90% of the ra
     python benchmarks/sampler_throughput.py                        # SmolLM2, 32 chains × 16 tokens
     python benchmarks/sampler_throughput.py --model gpt2 --device cuda --chains 256 --length 25
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,10 @@ def _phase(args, phase: str, queue):
     """One measurement in its own process: median seconds per call, extra peak memory, and extras."""
     torch.set_num_threads(args.threads)
     from modeldiff.config import load_config
-    from modeldiff.kernels import ChainState, make_kernel
+    from modeldiff.method.kernels import ChainState, make_kernel
+    from modeldiff.method.scoring import Scorer
+    from modeldiff.method.tempering import _grid_uniforms, geometric_temperatures
     from modeldiff.models import load_model
-    from modeldiff.scoring import Scorer
-    from modeldiff.tempering import _grid_uniforms, geometric_temperatures
 
     cfg = load_config("base", f"space.length={args.length} model.device={args.device} model.dtype={args.dtype}")
     loaded = load_model(args.model, cfg)
@@ -95,6 +96,7 @@ def _phase(args, phase: str, queue):
         model.requires_grad_(False)
         fn = forward_backward
     elif phase == "scoring":
+
         def fn():
             scorer(ids)
             sync()
@@ -110,6 +112,7 @@ def _phase(args, phase: str, queue):
             u = _grid_uniforms(gen, 1, args.chains, kernel.uniform_shapes(space), slice(None))
             accepted.append(kernel.step(state, beta, u).float().mean().item())
             sync()
+
     if fn is baseline:
         times = base_times = _timed([fn], args.reps, args.warmup)[0]
     else:
@@ -119,7 +122,7 @@ def _phase(args, phase: str, queue):
     extra["ratio"] = statistics.median(t / b for t, b in zip(times, base_times))
     if phase not in ("forward", "forward_backward", "scoring"):
         extra["acceptance"] = statistics.fmean(accepted)
-    peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else _peak_rss_mb() - base_mb)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _peak_rss_mb() - base_mb
     queue.put({"phase": phase, "seconds": seconds, "baseline_seconds": base_seconds, "peak_mb": peak, **extra})
 
 
@@ -150,30 +153,39 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     tokens = args.chains * args.length
-    print(f"model {args.model}, {args.chains} chains × {args.length} tokens (+BOS), {args.threads} threads, "
-          f"{args.device} {args.dtype}; median of {args.reps} calls after {args.warmup} warm-up, each phase in its "
-          "own process", flush=True)
+    print(
+        f"model {args.model}, {args.chains} chains × {args.length} tokens (+BOS), {args.threads} threads, "
+        f"{args.device} {args.dtype}; median of {args.reps} calls after {args.warmup} warm-up, each phase in its "
+        "own process",
+        flush=True,
+    )
     rows = {}
     for phase in ["forward", "forward_backward", "scoring", *args.kernels.split(",")]:
         rows[phase] = r = measure(args, phase)
-        print(f"  {phase:17s} {r['seconds'] * 1000:8.1f} ms/call  {tokens / r['seconds']:9.0f} tokens/s  "
-              f"peak +{r['peak_mb']:7.1f} MB" + (f"  acceptance {r['acceptance']:.3f}" if "acceptance" in r else ""),
-              flush=True)
+        print(
+            f"  {phase:17s} {r['seconds'] * 1000:8.1f} ms/call  {tokens / r['seconds']:9.0f} tokens/s  "
+            f"peak +{r['peak_mb']:7.1f} MB" + (f"  acceptance {r['acceptance']:.3f}" if "acceptance" in r else ""),
+            flush=True,
+        )
 
     scoring = 1 / rows["scoring"]["ratio"]
     ok = scoring >= TARGET_SCORING
-    print(f"=== scoring: {scoring:.1%} of the raw forward's throughput (target >= {TARGET_SCORING:.0%}) "
-          f"{'OK' if ok else 'MISSED'}")
+    print(
+        f"=== scoring: {scoring:.1%} of the raw forward's throughput (target >= {TARGET_SCORING:.0%}) "
+        f"{'OK' if ok else 'MISSED'}"
+    )
     summary = {"scoring_vs_forward": scoring}
     for name in args.kernels.split(","):
         r = rows[name]
         what = "forward+backward+projection" if name == "gwg" else "forward"
         ratio = r["ratio"]
         ok &= ratio <= TARGET_KERNEL
-        print(f"=== {name}: {1 / r['seconds']:.2f} steps/s of {args.chains} chains, "
-              f"{tokens / r['seconds']:.0f} tokens scored/s, acceptance {r['acceptance']:.3f}, "
-              f"cost {ratio:.2f}x one raw {what} (target <= {TARGET_KERNEL}x) "
-              f"{'OK' if ratio <= TARGET_KERNEL else 'MISSED'}")
+        print(
+            f"=== {name}: {1 / r['seconds']:.2f} steps/s of {args.chains} chains, "
+            f"{tokens / r['seconds']:.0f} tokens scored/s, acceptance {r['acceptance']:.3f}, "
+            f"cost {ratio:.2f}x one raw {what} (target <= {TARGET_KERNEL}x) "
+            f"{'OK' if ratio <= TARGET_KERNEL else 'MISSED'}"
+        )
         summary[f"{name}_vs_unavoidable"] = ratio
     if args.json:
         with open(args.json, "w") as f:

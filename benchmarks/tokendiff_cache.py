@@ -9,6 +9,7 @@ the cache first, so the cold pass is cold. Model loading is timed apart: it is t
     python benchmarks/tokendiff_cache.py                            # SmolLM2 vs noise:1e-3:smollm2, 128 lines
     python benchmarks/tokendiff_cache.py --config toy --model_a toy:small --model_b toy:large --lines 2000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from modeldiff import tokendiff
+from modeldiff.analysis import tokendiff
 from modeldiff.config import load_config
 from modeldiff.models import check_comparable, load_model
 
@@ -71,10 +72,14 @@ def main():
             assert info["cache_hit_A"] == info["cache_hit_B"] == int(name == "warm")
     n_tokens = len(cmp.tokens)
     print(f"models: A = {a.ref}, B = {b.ref} (loaded in {load_s:.1f} s, not counted below)")
-    print(f"corpus: {len(texts)} examples, {n_tokens} tokens (max_length {settings.max_length}), "
-          f"batch {settings.batch_size}, top-{cmp.k}")
-    print(f"cold (both models analyse the corpus, cache written): {times['cold']:.2f} s "
-          f"({n_tokens / times['cold']:.0f} tokens/s)")
+    print(
+        f"corpus: {len(texts)} examples, {n_tokens} tokens (max_length {settings.max_length}), "
+        f"batch {settings.batch_size}, top-{cmp.k}"
+    )
+    print(
+        f"cold (both models analyse the corpus, cache written): {times['cold']:.2f} s "
+        f"({n_tokens / times['cold']:.0f} tokens/s)"
+    )
     print(f"warm (both analyses read from the cache, no model run): {times['warm']:.3f} s")
     print(f"speed-up: {times['cold'] / times['warm']:.0f}×")
 

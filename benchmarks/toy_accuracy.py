@@ -9,6 +9,7 @@ and the time of every stage.
     python benchmarks/toy_accuracy.py                       # the paper's toy, all stages
     python benchmarks/toy_accuracy.py --length 6 --quick    # a fast smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeldiff.cross_eval import cross_evaluate
-from modeldiff.enumeration import enumerate_z, exact_ratio
-from modeldiff.normalize import TERMS, ratio_from_frames, summarize_repeats
-from modeldiff.outdist import build_output_distribution
-from modeldiff.scoring import Scorer
-from modeldiff.tempering import TemperingSettings, geometric_temperatures, run_parallel_tempering
-from modeldiff.toy import PAPER_ARCHS, ToyTask, make_toy_model, rule_satisfaction, train_toy_model
+from modeldiff.method.cross_eval import cross_evaluate
+from modeldiff.method.enumeration import enumerate_z, exact_ratio
+from modeldiff.method.normalize import TERMS, ratio_from_frames, summarize_repeats
+from modeldiff.method.outdist import build_output_distribution
+from modeldiff.method.scoring import Scorer
+from modeldiff.method.tempering import TemperingSettings, geometric_temperatures, run_parallel_tempering
+from modeldiff.method.toy import PAPER_ARCHS, ToyTask, make_toy_model, rule_satisfaction, train_toy_model
 
 
 def stamp(times: dict, name: str, t0: float) -> float:
@@ -71,8 +72,10 @@ def main():
     task = ToyTask(args.length, args.vocab, args.modulus)
     space = task.space
     times: dict[str, float] = {}
-    print(f"toy: L={task.length} V={task.vocab_size} mod {task.modulus}: |Ω|={space.size:,}, "
-          f"valid={task.n_valid():,}, entropy/token={task.entropy_per_token():.4f}; Z={list(args.z_range)}")
+    print(
+        f"toy: L={task.length} V={task.vocab_size} mod {task.modulus}: |Ω|={space.size:,}, "
+        f"valid={task.n_valid():,}, entropy/token={task.entropy_per_token():.4f}; Z={list(args.z_range)}"
+    )
 
     models = {}
     for name in ("small", "large"):
@@ -80,6 +83,7 @@ def main():
         path = args.models_dir / name if args.models_dir else None
         if path and (path / "config.json").exists():
             from transformers import GPT2LMHeadModel
+
             models[name] = GPT2LMHeadModel.from_pretrained(path).eval()
             print(f"model {name}: loaded from {path}")
         else:
@@ -101,10 +105,12 @@ def main():
         stamp(times, f"enumerate {name}", t0)
         naive = naive_throughput(scorers[name], task, args.naive_sample)
         naive_total = space.size / naive
-        print(f"enumerate {name}: {space.size:,} inputs in {times[f'enumerate {name}']:.1f} s with {steps:,} "
-              f"single-token steps ({space.size / times[f'enumerate {name}']:,.0f} inputs/s); naive full-sequence "
-              f"scoring {naive:,.0f} inputs/s -> {naive_total:,.0f} s for Ω; speed-up "
-              f"{naive_total / times[f'enumerate {name}']:.1f}x")
+        print(
+            f"enumerate {name}: {space.size:,} inputs in {times[f'enumerate {name}']:.1f} s with {steps:,} "
+            f"single-token steps ({space.size / times[f'enumerate {name}']:,.0f} inputs/s); naive full-sequence "
+            f"scoring {naive:,.0f} inputs/s -> {naive_total:,.0f} s for Ω; speed-up "
+            f"{naive_total / times[f'enumerate {name}']:.1f}x"
+        )
     exact = exact_ratio(exact_z["small"], exact_z["large"], args.z_range)
     c = exact["counts"]
     print(f"exact counts: |X_A|={c['X_A']:,} |X_B|={c['X_B']:,} |X_A∩X_B|={c['X_AB']:,}")
@@ -115,27 +121,39 @@ def main():
         ods = {}
         for name in models:
             t0 = time.perf_counter()
-            settings = TemperingSettings(temperatures=temps, ladders=args.ladders, steps=args.steps,
-                                         burn_in=args.burn_in, seed=1000 * seed + len(ods))
+            settings = TemperingSettings(
+                temperatures=temps,
+                ladders=args.ladders,
+                steps=args.steps,
+                burn_in=args.burn_in,
+                seed=1000 * seed + len(ods),
+            )
             pt = run_parallel_tempering(scorers[name], space, settings)
             t0 = stamp(times, f"seed {seed} PT {name}", t0)
             ods[name] = build_output_distribution(pt, space, args.z_range, args.bin_width, seed=seed)
             stamp(times, f"seed {seed} WHAM {name}", t0)
             m = ods[name].meta
-            print(f"  {name}: {m['n_records']:,} records, {m['n_in_z']:,} in Z, {m['n_distinct_in_z']:,} distinct; "
-                  f"acceptance {np.round(m['acceptance'], 3).tolist()}; swaps {np.round(m['swap_acceptance'], 2).tolist()}; "
-                  f"empty bins in Z {ods[name].empty_bins_in_z.tolist()}")
+            print(
+                f"  {name}: {m['n_records']:,} records, {m['n_in_z']:,} in Z, {m['n_distinct_in_z']:,} distinct; "
+                f"acceptance {np.round(m['acceptance'], 3).tolist()}; "
+                f"swaps {np.round(m['swap_acceptance'], 2).tolist()}; "
+                f"empty bins in Z {ods[name].empty_bins_in_z.tolist()}"
+            )
         t0 = time.perf_counter()
-        ab = cross_evaluate(ods["small"], space, scorers["small"], scorers["large"], args.draws, "A", seed,
-                            allow_empty_bins=True)
-        ba = cross_evaluate(ods["large"], space, scorers["large"], scorers["small"], args.draws, "B", seed,
-                            allow_empty_bins=True)
+        ab = cross_evaluate(
+            ods["small"], space, scorers["small"], scorers["large"], args.draws, "A", seed, allow_empty_bins=True
+        )
+        ba = cross_evaluate(
+            ods["large"], space, scorers["large"], scorers["small"], args.draws, "B", seed, allow_empty_bins=True
+        )
         t0 = stamp(times, f"seed {seed} cross-eval", t0)
         r = ratio_from_frames(ab, ba)
         stamp(times, f"seed {seed} normalize", t0)
         results.append(r)
-        print(f"  seed {seed}: terms {np.round([r['terms'][k] for k in TERMS], 4).tolist()} "
-              f"ratio {np.round(r['ratio'], 4).tolist()}")
+        print(
+            f"  seed {seed}: terms {np.round([r['terms'][k] for k in TERMS], 4).tolist()} "
+            f"ratio {np.round(r['ratio'], 4).tolist()}"
+        )
 
     s = summarize_repeats(results)
     err_terms = max(abs(s["terms_mean"][k] - exact["terms"][k]) for k in TERMS)
@@ -149,8 +167,19 @@ def main():
     print(f"max |error|        ratio {err_ratio:.4f}   terms {err_terms:.4f}")
     print("stage times (s):   " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     if args.json:
-        args.json.write_text(json.dumps(dict(exact=exact, sampled=s, per_seed=results, times=times,
-                                             max_abs_error_ratio=err_ratio, max_abs_error_terms=err_terms), indent=2))
+        args.json.write_text(
+            json.dumps(
+                dict(
+                    exact=exact,
+                    sampled=s,
+                    per_seed=results,
+                    times=times,
+                    max_abs_error_ratio=err_ratio,
+                    max_abs_error_terms=err_terms,
+                ),
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """modeldiff: compare two language models in their input space (Model-diff).
 
-The method modules here import neither MLflow nor Accelerate: they take arrays and models and
-return plain results. `modeldiff.tracking` and `entrypoints/` do the logging.
+Layers, each importing only those before it: `plugins`, `method`, `models`, `analysis`, `views`, `config`,
+`pipeline` (none of them imports MLflow or Accelerate: they take arrays and models and return plain results), then
+`platform` (MLflow: tracking, registry, stages, screening) and `ops` (the team stack), then `cli` and the
+`entrypoints/` launchers.
 """
+
 __version__ = "0.1.0"

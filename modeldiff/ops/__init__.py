@@ -1,0 +1,1 @@
+"""Operations: the team stack (PostgreSQL, mlflow server, screening service) without Docker."""

@@ -1,0 +1,75 @@
+"""Stage `normalize`: the ratio PD_A→B : PA_A→B : PA_B→A : PD_B→A from two cross_eval runs (stage 3).
+
+Logs ratio.json (DESIGN §4), plots/D_overlay.png, the λ sweep as a table, and the terms as metrics.
+"""
+
+from __future__ import annotations
+
+import mlflow
+
+from modeldiff import pipeline
+from modeldiff.method.normalize import TERMS
+from modeldiff.views import plots
+
+from .. import tracking
+from ..runtime import Dist
+from . import STAGE
+
+
+def stage_hash(cfg, ab_run: str, ba_run: str) -> str:
+    return STAGE["normalize"].hash(cfg, ab_run=ab_run, ba_run=ba_run)
+
+
+def ratio_metrics(ratio: dict) -> dict:
+    d = ratio["D_range"]
+    return {
+        **ratio["terms"],
+        **{f"ratio_{k}": v for k, v in zip(TERMS, ratio["ratio"], strict=True)},
+        **ratio["counts"],
+        "D_A_min": d["A"][0],
+        "D_A_max": d["A"][1],
+        "D_B_min": d["B"][0],
+        "D_B_max": d["B"][1],
+    }
+
+
+def _check_pair(ab_run: str, ba_run: str) -> dict:
+    """Both runs are finished cross_evals, one per direction, of the same two models; returns the A→B tags."""
+    tags = {}
+    for arg, run_id, want in (("ab_run", ab_run, "AB"), ("ba_run", ba_run, "BA")):
+        tags[want] = tracking.get_run(run_id, "cross_eval").data.tags
+        if tags[want].get(tracking.DIRECTION) != want:
+            raise ValueError(
+                f"{arg} {run_id} is a {tags[want].get(tracking.DIRECTION)} cross_eval, not {want}: "
+                "pass the A→B run as ab_run and the B→A run as ba_run"
+            )
+    for tag in (tracking.MODEL_A, tracking.MODEL_B):
+        key = tracking.identity_tag(tag)
+        if tags["AB"].get(key) != tags["BA"].get(key):
+            raise ValueError(
+                f"ab_run {ab_run} and ba_run {ba_run} compare different models ({tag}: "
+                f"{tags['AB'].get(tag)} vs {tags['BA'].get(tag)}): pass cross_eval runs of one model pair"
+            )
+    return tags["AB"]
+
+
+def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
+    """Inside an open run on the main process (the others have nothing to do); returns the run id there."""
+    if not dist.is_main:
+        return None
+    tags = _check_pair(ab_run, ba_run)
+    ab, ba = tracking.load_draws(ab_run), tracking.load_draws(ba_run)
+    ratio, sweep = pipeline.normalize(cfg, ab, ba)
+    mlflow.set_tags({k: tags[k] for k in tags if k.startswith((tracking.MODEL_A, tracking.MODEL_B))})
+    mlflow.set_tags({"modeldiff.ab_run": ab_run, "modeldiff.ba_run": ba_run})
+    mlflow.log_dict(ratio, "ratio.json")
+    title = f"A = {tags.get(tracking.MODEL_A)}, B = {tags.get(tracking.MODEL_B)}"
+    tracking.log_figure(plots.d_overlay_figure(ab, ba, lam=ratio["lambda"], title=title), "plots/D_overlay.png")
+    tracking.log_table(sweep, "tables/lambda_sweep.json")
+    mlflow.log_metrics(ratio_metrics(ratio))
+    return tracking.finish(stage_hash(cfg, ab_run, ba_run))
+
+
+def run(cfg, dist: Dist, args) -> str | None:
+    with dist.main_run("normalize", cfg, vars(args), run_name="normalize"):
+        return execute(cfg, dist, args.ab_run, args.ba_run)

@@ -1,0 +1,162 @@
+"""Stage `plagiarism_check`: is one model a (noise-added) copy of another? (paper Sec. 4.3)
+
+Two modes:
+- a pair, `--model_a A --model_b B`: the Model-diff chain for the pair (child runs, reusing finished identical ones),
+  then the black-box asymmetry of both sides' draws and, for equal architectures, the white-box weight tests
+  (modeldiff.plagiarism); logs plagiarism.json. Model B is the candidate copy of model A unless the evidence
+  shows the reverse. If B is a registry version, its lineage tags are written too.
+- a registry version, `--version models:/name/N`: that version against every registered version of the same
+  vocabulary created before it, one pair each; the strongest finding becomes the version's lineage tags
+  (DESIGN §4). The screening service runs this mode for every new version.
+"""
+
+from __future__ import annotations
+
+import mlflow
+
+from modeldiff import pipeline
+from modeldiff.analysis.plagiarism import screening_verdict, statistic
+from modeldiff.models import LoadedModel, check_comparable, load_model
+from modeldiff.views import plots
+
+from .. import screening, tracking
+from ..chain import pair_tags, run_steps
+from ..model_registry import IDENTITY_TAG, safe_name
+from ..runtime import Dist
+from . import STAGE
+
+
+def check_pair(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -> tuple[dict, tuple | None]:
+    """The chain's steps for (a, b), then the verdict; returns the plagiarism.json body and the two sides' draws
+    (main process), or ({}, None)."""
+    runs = run_steps(cfg, dist, a, b, experiment_id)
+    if not dist.is_main:
+        return {}, None
+    ab, ba = tracking.load_draws(runs["cross_eval_AB"]), tracking.load_draws(runs["cross_eval_BA"])
+    verdict, rep = pipeline.plagiarism(cfg, a, b, ab, ba)
+    ratio = tracking.load_json(runs["normalize"], "normalize", "ratio.json")
+    names = {"A": a.ref, "B": b.ref}
+    return {
+        "model_a": a.ref,
+        "model_b": b.ref,
+        "identity_a": a.identity,
+        "identity_b": b.identity,
+        "copy_model": names.get(verdict.copy),
+        "parent_model": names.get(verdict.parent),
+        **rep,
+        "ratio": ratio["ratio"],
+        "runs": runs,
+    }, (ab, ba)
+
+
+def _metrics(rep: dict) -> dict:
+    bb, wb = rep["black_box"], rep.get("white_box") or {}
+    out = {
+        "q_A": bb["A"]["other_wins"],
+        "q_B": bb["B"]["other_wins"],
+        "q_B_lower": bb["B"]["interval"][0],
+        "q_A_lower": bb["A"]["interval"][0],
+        "abs_D_q95": bb["abs_D_q95"],
+    }
+    if wb.get("applicable"):
+        out.update(
+            weight_p_value=wb["p_value"],
+            structure_p_value=wb["structure_p_value"],
+            cosine_median=wb["cosine_median"],
+            direction_z=wb["direction_z"],
+        )
+    return out
+
+
+def _pair_mode(cfg, dist: Dist, model_a: str, model_b: str) -> dict | None:
+    with dist.main_first():
+        a, b = load_model(model_a, cfg), load_model(model_b, cfg)
+    check_comparable(a, b)
+    run = mlflow.active_run() if dist.is_main else None
+    if run:
+        mlflow.set_tags(pair_tags(a, b))
+    rep, draws = check_pair(cfg, dist, a, b, run.info.experiment_id if run else None)
+    if not run:
+        return None
+    mlflow.log_dict(rep, "plagiarism.json")
+    mlflow.log_metrics(_metrics(rep))
+    ab, ba = draws
+    tracking.log_figure(
+        plots.d_overlay_figure(ab, ba, title=f"A = {a.ref}, B = {b.ref}: {rep['verdict']}"), "plots/D_overlay.png"
+    )
+    mlflow.set_tag("modeldiff.verdict", rep["verdict"])
+    if model_b.startswith("models:/"):  # a registry version gets its lineage tags from an explicit check too
+        verdict = rep["verdict"] if rep["copy"] in (None, "B") else "related"
+        screening.write_lineage(
+            model_b, verdict, model_a if verdict != "independent" else "", statistic(rep), run.info.run_id
+        )
+    tracking.finish(STAGE["plagiarism_check"].hash(cfg, a=a.identity, b=b.identity))
+    print(f"modeldiff: plagiarism verdict: {_describe(rep)}")
+    return rep
+
+
+def _describe(rep: dict) -> str:
+    if rep["verdict"] == "suspected_copy_of":
+        return f"{rep['copy_model']} is a suspected copy of {rep['parent_model']} ({rep['direction_evidence']})"
+    return f"{rep['verdict']} ({rep['reason']})"
+
+
+def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
+    """Every counterpart in turn (each loaded, compared, released); the version's lineage tags at the end."""
+    version = screening.parse_version(uri)
+    counterparts = dist.broadcast(screening.counterparts(version) if dist.is_main else None)
+    run = mlflow.active_run() if dist.is_main else None
+    if run:
+        mlflow.set_tags(
+            {
+                tracking.MODEL_B: uri,
+                tracking.identity_tag(tracking.MODEL_B): version.tags[IDENTITY_TAG],
+                screening.SCREENED_TAG: screening.version_key(version),
+            }
+        )
+    results, new = [], None
+    for other_uri, same_identity in counterparts:
+        if same_identity:  # registered twice: the same weights, nothing to sample
+            results.append((other_uri, screening.identical_report(other_uri, uri)))
+            continue
+        with dist.main_first():
+            new = new or load_model(uri, cfg)  # loaded once, and only if something needs comparing
+            other = load_model(other_uri, cfg)
+        rep, _ = check_pair(cfg, dist, other, new, run.info.experiment_id if run else None)
+        if run:
+            mlflow.log_dict(rep, f"pairs/{safe_name(other_uri.removeprefix('models:/'))}.json")
+            results.append((other_uri, rep))
+        del other
+    if not run:
+        return None
+    verdict, counterpart, stat = screening_verdict(results)
+    body = {
+        "version": uri,
+        "verdict": verdict,
+        "counterpart": counterpart,
+        "statistic": stat,
+        "counterparts": [c for c, _ in counterparts],
+        "pairs": {c: {k: r[k] for k in ("verdict", "copy", "direction_evidence", "reason")} for c, r in results},
+    }
+    mlflow.log_dict(body, "plagiarism.json")
+    mlflow.set_tags({"modeldiff.verdict": verdict, "modeldiff.counterpart": counterpart})
+    screening.write_lineage(uri, verdict, counterpart, stat, run.info.run_id)
+    print(
+        f"modeldiff: {uri}: {verdict}{' ' + counterpart if counterpart else ''} "
+        f"({len(counterparts)} registered model(s) compared)"
+    )
+    return body
+
+
+def run(cfg, dist: Dist, args) -> dict | None:
+    version = args.version.strip()
+    if not version and not (args.model_a.strip() and args.model_b.strip()):
+        raise ValueError(
+            "plagiarism_check needs model_a and model_b, or version=models:/<name>/<version>: "
+            "e.g. -P model_a=toy:small -P model_b=noise:1e-2:relative:toy:small"
+        )
+    name = f"plagiarism_check {version}" if version else f"plagiarism_check {args.model_a} vs {args.model_b}"
+    with dist.main_run("plagiarism_check", cfg, vars(args), run_name=name):
+        if version:
+            return _version_mode(cfg, dist, version)
+        return _pair_mode(cfg, dist, args.model_a.strip(), args.model_b.strip())

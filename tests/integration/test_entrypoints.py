@@ -1,0 +1,308 @@
+"""The MLflow platform end to end: `mlflow run . -e main` on the CI toy, reuse, the entry points one by one,
+and bad input. Everything goes to a temporary SQLite store, artifact root and model cache."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from entrypoints import cross_eval, main, normalize, sample_outdist
+from entrypoints import tokendiff as tokendiff_ep
+from modeldiff.method.toy import ToyTask, make_toy_model
+from modeldiff.platform import tracking
+from support import ROOT, artifacts, ratio_of
+from support.chains import ARTIFACTS, EXPERIMENT, OVERRIDES, mlflow_run, runs_of
+
+pytestmark = pytest.mark.integration
+
+
+def test_main_logs_the_contract_artifacts(chain):
+    parent, children = chain
+    assert set(children) == {"sample_outdist_A", "sample_outdist_B", "cross_eval_AB", "cross_eval_BA", "normalize"}
+    client = MlflowClient()
+    for name, run_id in children.items():
+        run = client.get_run(run_id)
+        entry_point = name.rsplit("_", 1)[0] if name != "normalize" else name
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["modeldiff.entry_point"] == entry_point and run.data.tags["modeldiff.config_hash"]
+        assert set(ARTIFACTS[entry_point]) <= set(artifacts(run_id)), name
+    assert client.get_run(children["sample_outdist_A"]).data.tags["modeldiff.model"] == "toy:small"
+    assert parent.data.tags["modeldiff.model_a"] == "toy:small" and parent.data.tags["modeldiff.model_b"] == "toy:large"
+    assert parent.data.params["sampler.steps"] == "300"
+    ratio = ratio_of(children["normalize"])
+    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range"}
+    assert list(ratio["terms"]) == ["PD_AB", "PA_AB", "PA_BA", "PD_BA"] and len(ratio["ratio"]) == 4
+    assert ratio["ratio"][0] == 1.0 and ratio["counts"]["n_A"] == 2000 and set(ratio["D_range"]) == {"A", "B"}
+    metrics = client.get_run(children["normalize"]).data.metrics
+    assert metrics["PD_AB"] == ratio["terms"]["PD_AB"] and "D_B_max" in metrics
+    assert ratio_of(parent.info.run_id) == ratio
+
+
+def test_rerun_reuses_finished_runs(store, chain):
+    parent, children = chain
+    before = {ep: len(runs_of(store, ep)) for ep in ("sample_outdist", "cross_eval", "normalize")}
+    assert main.main(["--config", "configs/toy.yaml", "--overrides", OVERRIDES]) == children
+    assert {ep: len(runs_of(store, ep)) for ep in before} == before
+    again = runs_of(store, "main", "FINISHED")[0]
+    assert again.info.run_id != parent.info.run_id and ratio_of(again.info.run_id) == ratio_of(children["normalize"])
+    # a changed λ reruns normalize only
+    runs = main.main(["--config", "configs/toy.yaml", "--overrides", OVERRIDES + " lambda=0.01"])
+    upstream = lambda d: {k: v for k, v in d.items() if k != "normalize"}  # noqa: E731
+    assert upstream(runs) == upstream(children)
+    assert runs["normalize"] != children["normalize"] and ratio_of(runs["normalize"])["lambda"] == 0.01
+
+
+def test_entry_points_one_by_one_give_the_same_ratio(chain):
+    _, children = chain
+    args = ["--config", "configs/toy.yaml", "--overrides", OVERRIDES]
+    od_a = sample_outdist.main(args + ["--model", "toy:small"])
+    od_b = sample_outdist.main(args + ["--model", "toy:large"])
+    assert od_a not in children.values()  # standalone entry points always run afresh
+    ab = cross_eval.main(args + ["--outdist_run", od_a, "--other_model", "toy:large", "--direction", "AB"])
+    ba = cross_eval.main(args + ["--outdist_run", od_b, "--other_model", "toy:small", "--direction", "BA"])
+    ratio = ratio_of(normalize.main(args + ["--ab_run", ab, "--ba_run", ba]))
+    assert ratio == ratio_of(children["normalize"])
+
+
+def _fails(capsys, entry, argv, match):
+    with pytest.raises(SystemExit) as e:
+        entry.main(["--config", "configs/toy.yaml"] + argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("modeldiff: error: ") and "\n" not in err, err
+    assert match in err, err
+    return err
+
+
+def test_bad_input_is_one_line_and_exits_2(store, chain, capsys, tmp_path):
+    _, children = chain
+    missing = "0" * 32
+    _fails(
+        capsys,
+        cross_eval,
+        ["--overrides", OVERRIDES, "--outdist_run", missing, "--other_model", "toy:large"],
+        f"run '{missing}' does not exist",
+    )
+    failed = runs_of(store, "cross_eval")[0]  # the run was opened, failed, and kept its config
+    assert failed.info.status == "FAILED" and "config/resolved.yaml" in artifacts(failed.info.run_id)
+    _fails(
+        capsys,
+        normalize,
+        ["--ab_run", children["sample_outdist_A"], "--ba_run", children["cross_eval_BA"]],
+        "is a sample_outdist run, not a cross_eval run",
+    )
+    _fails(
+        capsys,
+        normalize,
+        ["--ab_run", children["cross_eval_BA"], "--ba_run", children["cross_eval_AB"]],
+        "is a BA cross_eval, not AB",
+    )
+    _fails(
+        capsys,
+        sample_outdist,
+        ["--overrides", "sampler.stepz=10", "--model", "toy:small"],
+        "unknown config key 'sampler.stepz'",
+    )
+    _fails(capsys, main, ["--overrides", "z_range=[1.8,1.3]"], "z_range is reversed")
+    _fails(capsys, sample_outdist, ["--model", "toy:medium"], "unknown toy model 'toy:medium'")
+    make_toy_model(ToyTask(5, 8, 10), n_embd=16, n_head=2, n_layer=1).save_pretrained(tmp_path / "v8")
+    _fails(capsys, main, ["--overrides", OVERRIDES, "--model_b", str(tmp_path / "v8")], "are not comparable")
+
+
+def test_mlflow_run_with_bad_input_fails_the_run(store):
+    res = mlflow_run(store, "cross_eval", outdist_run="not-a-run", other_model="toy:large")
+    assert res.returncode != 0
+    assert "modeldiff: error: run 'not-a-run' does not exist" in res.stderr
+    assert runs_of(store, "cross_eval")[0].info.status == "FAILED"
+
+
+def test_two_processes_give_the_one_process_result(store, chain):
+    """`accelerate launch` with 2 CPU processes (ladders and scoring split, only the main process logs)
+    reproduces the one-process chain; a fresh experiment keeps it from reusing the chain's runs."""
+    _, children = chain
+    name = EXPERIMENT + "-2proc"
+    experiment_id = MlflowClient().create_experiment(name, artifact_location=str(store["tmp"] / "artifacts-2proc"))
+    res = subprocess.run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "configs/accelerate/cpu2.yaml",
+            "-m",
+            "entrypoints.main",
+            "--overrides",
+            OVERRIDES,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**store["env"], "MLFLOW_EXPERIMENT_NAME": name},
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = MlflowClient().search_runs([experiment_id])
+    assert sorted(r.data.tags["modeldiff.entry_point"] for r in runs) == [
+        "cross_eval",
+        "cross_eval",
+        "main",
+        "normalize",
+        "sample_outdist",
+        "sample_outdist",
+    ]  # logged once
+    parent = next(r for r in runs if r.data.tags["modeldiff.entry_point"] == "main")
+    assert ratio_of(parent.info.run_id) == ratio_of(children["normalize"])
+
+
+def _outdist_arrays(run_id):
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="outdist/outdist.npz")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_a_killed_sampling_run_resumes_to_the_uninterrupted_result(store, chain):
+    """SIGKILL mid-run, `--resume <run id>`: the same records (and so the same ρ̃) as a run never interrupted."""
+    over = OVERRIDES.replace("sampler.steps=300", "sampler.steps=2500") + " checkpoint.every=200"
+    cmd = [
+        sys.executable,
+        "-m",
+        "entrypoints.sample_outdist",
+        "--config",
+        "configs/toy.yaml",
+        "--overrides",
+        over,
+        "--model",
+        "toy:small",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=store["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, killed = time.time() + 300, None
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            for run in runs_of(store, "sample_outdist", "RUNNING"):
+                if int(run.data.tags.get("modeldiff.checkpoint_step", 0)) >= 400:
+                    proc.kill()
+                    killed = run.info.run_id
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert killed, "the run finished or never checkpointed before it could be killed"
+    checkpoint_step = int(MlflowClient().get_run(killed).data.tags["modeldiff.checkpoint_step"])
+    assert 400 <= checkpoint_step < 2500
+
+    res = subprocess.run(
+        cmd + ["--resume", killed], cwd=ROOT, env=store["env"], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = runs_of(store, "sample_outdist", "FINISHED")[0]
+    assert resumed.data.tags["modeldiff.resumed_from"] == killed
+    killed_run = MlflowClient().get_run(killed)
+    assert killed_run.info.status == "KILLED"
+    # what `main` looks for to resume an identical interrupted sampling run by itself
+    assert (
+        tracking.find_resumable_run(
+            "sample_outdist", killed_run.data.tags["modeldiff.pending_hash"], store["experiment_id"]
+        )
+        == killed
+    )
+    uninterrupted = sample_outdist.main(["--config", "configs/toy.yaml", "--overrides", over, "--model", "toy:small"])
+    full = MlflowClient().get_run(uninterrupted).data.metrics
+    assert resumed.data.metrics["n_records"] == full["n_records"] == 2400 * 12 * 8
+    got, want = _outdist_arrays(resumed.info.run_id), _outdist_arrays(uninterrupted)
+    for name in ("hist", "ln_rho", "edges"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # a finished run has nothing to resume; a run of another config is refused
+    err = subprocess.run(
+        cmd + ["--resume", uninterrupted], cwd=ROOT, env=store["env"], capture_output=True, text=True, timeout=600
+    ).stderr
+    assert "finished: there is nothing to resume" in err
+
+
+def _artifact(run_id, path):
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def _page_data(run_id):
+    html = _artifact(run_id, "tokendiff/index.html").read_text()
+    return json.loads(html.split('id="tokendiff-data">', 1)[1].split("</script>", 1)[0])
+
+
+def test_cross_eval_page_links_d_to_token_views(chain):
+    """cross_eval's page: the D histogram of its draws, whose distinct inputs carry their D, and token views whose
+    per-token NLL differences average to that D."""
+    _, children = chain
+    run_id = children["cross_eval_AB"]
+    draws = tracking.load_draws(run_id)
+    data = _page_data(run_id)
+    assert sum(data["overview"]["measures"][0]["counts"]) == len(draws) == 2000
+    distinct = draws.drop_duplicates("representative")
+    assert sorted(e["info"]["D"] for e in data["examples"]) == pytest.approx(sorted(distinct["D"]), abs=1e-5)
+    assert 0 < len(data["views"]) == min(100, len(distinct))  # tokendiff.cross_eval_views
+    examples = {e["id"]: e for e in data["examples"]}
+    for v in data["views"]:
+        assert abs(np.mean(v["values"]["nll_diff"]) - examples[v["example"]]["info"]["D"]) < 1e-5
+        assert " ".join(v["tokens"]) == examples[v["example"]]["text"]
+
+
+def test_tokendiff_entry_point(store, chain, tmp_path, capsys):
+    """`mlflow run . -e tokendiff` on a small toy corpus (the chain's toy models): its artifacts, tags and numbers;
+    again in-process, both models' analyses come from the cache; one text inline; bad input."""
+    parent, _ = chain
+    rng = np.random.default_rng(0)
+    lines = [" ".join(map(str, rng.integers(0, 6, size=rng.integers(1, 6)))) for _ in range(60)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    res = mlflow_run(store, "tokendiff", overrides=OVERRIDES, corpus=str(corpus), measure="max_abs_clamped_rank_diff")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = runs_of(store, "tokendiff", "FINISHED")[0]
+    run_id = run.info.run_id
+    assert set(ARTIFACTS["tokendiff"]) <= set(artifacts(run_id))
+    tags, metrics = run.data.tags, run.data.metrics
+    for tag in ("modeldiff.model_a", "modeldiff.model_b", "modeldiff.model_a.identity", "modeldiff.model_b.identity"):
+        assert tags[tag] == parent.data.tags[tag]
+    assert tags["modeldiff.corpus"] == str(corpus)
+    n_tokens = sum(len(line.split()) for line in lines)
+    assert metrics["n_examples"] == 60 and metrics["n_tokens"] == n_tokens and metrics["cache_hit_A"] == 0
+    examples = pd.read_parquet(_artifact(run_id, "tokendiff/examples.parquet"))
+    assert examples["text"].tolist() == lines and examples["row"].tolist() == list(range(60))
+    assert examples["n_tokens"].sum() == n_tokens and "topk_abs_nll_diff" in examples
+    np.testing.assert_allclose(examples["mean_nll_diff"], examples["z_A"] - examples["z_B"], atol=1e-12)
+    top = json.loads(_artifact(run_id, "tokendiff/top_examples.json").read_text())
+    assert len(top) == 25 and all(len(ids) == 50 for ids in top.values())
+    assert (
+        top["max_abs_clamped_rank_diff"]
+        == examples["max_abs_clamped_rank_diff"].sort_values(ascending=False, kind="stable").index[:50].tolist()
+    )
+    data = _page_data(run_id)
+    assert data["overview"]["default"] == "max_abs_clamped_rank_diff" and data["measure"] == "clamped_rank_diff"
+    assert data["views"][0]["example"] == top["max_abs_clamped_rank_diff"][0]
+    tokens = pd.read_parquet(_artifact(run_id, "tokendiff/tokens.parquet"))
+    assert set(tokens["example"]) == {v["example"] for v in data["views"]}
+
+    # the same comparison again: both analyses from the cache, the same numbers
+    args = ["--config", "configs/toy.yaml", "--overrides", OVERRIDES]
+    again = tokendiff_ep.main(args + ["--corpus", str(corpus), "--measure", "max_abs_clamped_rank_diff"])
+    metrics = MlflowClient().get_run(again).data.metrics
+    assert metrics["cache_hit_A"] == metrics["cache_hit_B"] == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(_artifact(again, "tokendiff/examples.parquet")), examples)
+
+    # one text inline: one example, its tokens, no corpus overview
+    one = tokendiff_ep.main(args + ["--text", "1 2 3 4"])
+    one_examples = pd.read_parquet(_artifact(one, "tokendiff/examples.parquet"))
+    assert len(one_examples) == 1 and one_examples["n_tokens"].tolist() == [4]
+    assert _page_data(one)["overview"] is None and "tokendiff/top_examples.json" not in artifacts(one)
+
+    capsys.readouterr()  # what the runs above printed
+    _fails(capsys, tokendiff_ep, ["--overrides", OVERRIDES], "pass either corpus")
+    _fails(
+        capsys, tokendiff_ep, ["--overrides", OVERRIDES, "--text", "1 2", "--measure", "rank"], "unknown measure 'rank'"
+    )
+    _fails(capsys, tokendiff_ep, ["--overrides", OVERRIDES, "--corpus", str(tmp_path / "none.txt")], "not found")
+    _fails(
+        capsys, tokendiff_ep, ["--overrides", OVERRIDES, "--text", "1 9"], "token id 9 is not in toy:small's token set"
+    )

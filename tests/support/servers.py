@@ -1,0 +1,56 @@
+"""Talking to servers the tests start on 127.0.0.1: free ports, waiting, and JSON over HTTP."""
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+# barely trained toys and short chains: the verdicts of the screening tests rest on the weights; the statistics are
+# tested elsewhere
+SCREEN_OVERRIDES = (
+    "toy.train_steps=60 toy.batch_size=128 sampler.ladders=4 sampler.steps=200 sampler.burn_in=50 "
+    "reweighting.n_bootstrap=0 cross_eval.n_draws=500 plagiarism.permutations=19 "
+    "plagiarism.simulations=49"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def get_json(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def post(url: str, body: bytes, headers: dict) -> int:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def get_json_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False

@@ -1,0 +1,268 @@
+"""The plagiarism statistics: black-box shares with their intervals, the white-box tests' p-values (valid under
+independence, decisive for copies, permuted copies and fine-tunes), the verdict table and its aggregation, and the
+webhook deliveries' signature, timestamp and replay checks."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.webhooks.delivery import _generate_hmac_signature
+
+from modeldiff.analysis.plagiarism import (
+    BlackBox,
+    SideStatistic,
+    Thresholds,
+    black_box,
+    decide,
+    screening_verdict,
+    side_statistic,
+    wilson,
+)
+from modeldiff.analysis.relatedness import Relatedness, spearman_p, weight_relatedness
+from modeldiff.config import load_config
+from modeldiff.method.toy import ToyTask, make_toy_model, train_toy_model
+from modeldiff.models.derive import add_weight_noise
+from modeldiff.platform.screening import DeliveryLog, DeliveryRejected, check_delivery, signature
+
+TASK = ToyTask(length=5, vocab_size=6, modulus=10)
+
+
+def toy(seed: int, n_embd: int = 16, n_layer: int = 1):
+    return make_toy_model(TASK, n_embd=n_embd, n_head=2, n_layer=n_layer, seed=seed).eval()
+
+
+def test_config_defaults_are_the_calibrated_thresholds():
+    assert Thresholds.from_config(load_config("toy")) == Thresholds()
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(8, 10, 0.95)  # the textbook example: 8 of 10, 95%
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_side_statistic_counts_inputs_not_draws():
+    # 99 draws of one input where the other model wins, 1 draw of another where it loses: q = 0.99, but the
+    # evidence is two inputs, so the interval stays wide
+    draws = pd.DataFrame({"D": [0.2] * 99 + [-0.1], "representative": [0] * 99 + [1]})
+    s = side_statistic(draws, "A")
+    assert s.other_wins == pytest.approx(0.99) and s.n_distinct == 2
+    assert s.n_effective == pytest.approx(100**2 / (99**2 + 1))
+    assert s.interval[0] < 0.25
+    # on B's draws the other model (A) wins where D < 0; ties within float noise count for neither
+    b = side_statistic(pd.DataFrame({"D": [-0.3, -0.2, 0.1, 1e-8], "representative": [0, 1, 2, 3]}), "B")
+    assert b.other_wins == pytest.approx(2 / 3) and b.n_ties == 1 and b.n_effective == pytest.approx(3)
+
+
+def test_black_box_dominated_and_near_identical():
+    t = Thresholds(dominated=0.9, near_identical=0.03)
+    rng = np.random.default_rng(0)
+    n = 400
+    own = pd.DataFrame({"D": -np.abs(rng.normal(0.2, 0.05, n)), "representative": np.arange(n)})  # A wins on A's
+    beaten = pd.DataFrame({"D": -np.abs(rng.normal(0.2, 0.05, n)), "representative": np.arange(n)})  # A wins on B's
+    bb = black_box(own, beaten, t)
+    assert bb.dominated == "B" and bb.b.interval[0] > 0.9 and not bb.near_identical
+    close = pd.DataFrame({"D": rng.normal(0, 0.005, n), "representative": np.arange(n)})
+    bb = black_box(close, close, t)
+    assert bb.near_identical and bb.dominated is None and bb.abs_D_q95 < 0.02
+
+
+def test_independent_random_models_give_valid_p_values():
+    """Independently initialised models are the null hypothesis exactly: the p-values must be roughly uniform
+    (mean 1/2 ± 4·√(1/12/n)) and never decisive."""
+    n = 24
+    results = [
+        weight_relatedness(toy(2 * i), toy(2 * i + 1), permutations=19, simulations=19, seed=i) for i in range(n)
+    ]
+    tolerance = 4 * math.sqrt(1 / 12 / n)
+    for name in ("cosine_p_value", "match_p_value"):
+        p = np.array([getattr(r, name) for r in results])
+        assert abs(p.mean() - 0.5) < tolerance, (name, p)
+        assert p.min() > 1e-4, (name, p.min())
+    assert all(r.applicable and not r.identical_weights for r in results)
+    assert max(abs(r.direction_z) for r in results) < 4.5  # z ~ N(0, 1) when neither carries extra noise
+
+
+def test_noise_copy_is_related_noise_like_and_its_direction_shows():
+    parent = toy(0, n_embd=32, n_layer=2)
+    for sigma in (1e-1, 1e-3, 1e-5):
+        child = add_weight_noise(copy.deepcopy(parent), sigma, seed=3, relative=True)
+        r = weight_relatedness(parent, child, permutations=19, simulations=49)
+        assert r.p_value < 1e-20 and r.cosine_median > 1 - sigma  # cos ≈ 1/√(1 + σ²)
+        assert r.structure_p_value > 1e-3 and 0.85 < r.spectral_ratio_median < 1.1  # δ is i.i.d. noise
+    # large noise carries visible energy: the copy is named whichever side it is on
+    big = add_weight_noise(copy.deepcopy(parent), 0.3, seed=4, relative=True)
+    assert weight_relatedness(parent, big, permutations=9, simulations=9).direction_z > 4
+    assert weight_relatedness(big, parent, permutations=9, simulations=9).direction_z < -4
+
+
+def test_matching_test_sees_through_permuted_hidden_units():
+    parent = toy(0, n_embd=32, n_layer=2)
+    permuted = copy.deepcopy(parent)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for block in permuted.transformer.h:  # GPT-2 Conv1D: c_fc [d, 4d] (units in columns), c_proj [4d, d]
+            perm = torch.randperm(block.mlp.c_fc.weight.shape[1], generator=g)
+            block.mlp.c_fc.weight.copy_(block.mlp.c_fc.weight[:, perm])
+            block.mlp.c_fc.bias.copy_(block.mlp.c_fc.bias[perm])
+            block.mlp.c_proj.weight.copy_(block.mlp.c_proj.weight[perm])
+    ids = torch.randint(0, 6, (8, 6))
+    torch.testing.assert_close(permuted(ids).logits, parent(ids).logits, rtol=1e-5, atol=1e-5)  # same function
+    r = weight_relatedness(parent, permuted, permutations=19, simulations=19)
+    mlp = [t for t in r.tensors if ".mlp." in t.name]
+    assert max(abs(t.cosine) for t in mlp) < 0.2  # the plain cosine is fooled on the permuted tensors...
+    assert r.match_p_value < 1e-30 and all(b.spearman > 0.99 for b in r.blocks)  # ...the matching is not
+    assert all(b.identity_fraction < 0.1 for b in r.blocks)
+
+
+def test_spearman_null_p_value():
+    rho, p = spearman_p(np.arange(100), np.arange(100))
+    assert rho == pytest.approx(1.0) and p < 1e-20
+    rho, p = spearman_p(np.arange(100), np.arange(100)[::-1])
+    assert rho == pytest.approx(-1.0) and p > 0.999
+
+
+def test_fine_tune_difference_is_structured():
+    parent = toy(0)
+    train_toy_model(parent, TASK, steps=40, seed=0, progress=False)
+    tuned = copy.deepcopy(parent)
+    train_toy_model(tuned, ToyTask(5, 6, 5), steps=15, lr=1e-3, seed=1, progress=False)
+    r = weight_relatedness(parent, tuned, permutations=19, simulations=199)
+    assert r.p_value < 1e-10 and r.spectral_ratio_median > 1.3
+    assert r.structure_p_value < Thresholds().noise_alpha / 10  # not a noise copy
+
+
+def test_different_architectures_are_not_compared():
+    r = weight_relatedness(toy(0, n_layer=1), toy(1, n_layer=2))
+    assert not r.applicable and "architectures differ" in r.reason and math.isnan(r.p_value)
+
+
+def _side(side, q, lo, hi):
+    return SideStatistic(side, 100, 100, 100.0, 0, q, (lo, hi), 0.0, 0.1, 0.05)
+
+
+def _bb(dominated=None, near=False, own_wins=False):
+    return BlackBox(
+        _side("A", 0.3, 0.2, 0.4),
+        _side("B", 0.97 if dominated else 0.4, 0.96 if dominated else 0.3, 0.99),
+        0.001 if near else 0.2,
+        near,
+        dominated,
+        own_wins,
+    )
+
+
+def _wb(p=1e-30, structure=0.5, z=0.0, applicable=True):
+    return Relatedness(
+        applicable=applicable,
+        reason="" if applicable else "architectures differ",
+        tensors=[],
+        blocks=[],
+        cosine_median=0.99,
+        cosine_p_value=p,
+        match_p_value=p,
+        structure_p_value=structure,
+        spectral_ratio_median=1.0,
+        direction_z=z,
+    )
+
+
+@pytest.mark.parametrize(
+    "bb,wb,verdict,copy_side,evidence",
+    [
+        (_bb(), _wb(), "suspected_copy_of", "B", "argument_order"),  # related, noise-like, no direction: B by order
+        (_bb(), _wb(z=-9.0), "suspected_copy_of", "A", "weight_energy"),  # A carries the noise energy
+        (_bb(dominated="B"), _wb(z=-9.0), "suspected_copy_of", "B", "black_box"),  # the black box goes first
+        (_bb(), _wb(structure=1e-9), "related", None, None),  # a fine-tune
+        (_bb(near=True), _wb(structure=1e-9), "suspected_copy_of", "B", "argument_order"),  # same function anyway
+        (_bb(own_wins=True), _wb(p=0.3), "independent", None, None),
+        (_bb(dominated="B"), _wb(p=0.3), "inconclusive", None, None),  # black box says copy, weights disagree
+        (_bb(dominated="B"), _wb(applicable=False), "suspected_copy_of", "B", "black_box"),  # black box alone
+        (_bb(near=True), None, "suspected_copy_of", "B", "argument_order"),
+        (_bb(own_wins=True), _wb(applicable=False), "independent", None, None),
+        (_bb(), _wb(applicable=False), "inconclusive", None, None),
+    ],
+)
+def test_verdict_table(bb, wb, verdict, copy_side, evidence):
+    v = decide(bb, wb, Thresholds())
+    assert (v.verdict, v.copy, v.direction_evidence) == (verdict, copy_side, evidence), v.reason
+    if verdict == "suspected_copy_of":
+        assert v.parent == {"A": "B", "B": "A"}[copy_side]
+
+
+def _report(verdict, copy_side=None, p=None, q95=0.1):
+    wb = {"applicable": p is not None, "p_value": p, "structure_p_value": 0.5, "direction_z": 0.0}
+    side = {"other_wins": 0.5, "interval": [0.4, 0.6]}
+    return {
+        "verdict": verdict,
+        "copy": copy_side,
+        "black_box": {"A": side, "B": side, "abs_D_q95": q95},
+        "white_box": wb,
+    }
+
+
+def test_screening_names_the_strongest_parent():
+    results = [
+        ("models:/m/1", _report("independent", p=0.4)),
+        ("models:/m/2", _report("suspected_copy_of", "B", 1e-9)),
+        ("models:/m/3", _report("suspected_copy_of", "B", 1e-40)),
+        ("models:/m/4", _report("related", p=1e-50)),
+    ]
+    verdict, counterpart, stat = screening_verdict(results)
+    assert (verdict, counterpart) == ("suspected_copy_of", "models:/m/3") and stat["weight_p"] == 1e-40
+    # an earlier model that is a copy of the new one makes the new one related (its parent), not a copy
+    assert screening_verdict([("models:/m/1", _report("suspected_copy_of", "A", 1e-9))])[:2] == (
+        "related",
+        "models:/m/1",
+    )
+    assert screening_verdict([("models:/m/1", _report("independent", p=0.4))])[:2] == ("independent", "")
+    assert screening_verdict([])[0] == "independent"
+
+
+# ---- webhook deliveries ----
+
+SECRET = "s3cret"
+
+
+def _delivery(body: dict, delivery_id="d-1", timestamp=None, secret=SECRET):
+    raw = json.dumps(body).encode()
+    ts = str(int(timestamp if timestamp is not None else 1_700_000_000))
+    return {
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": ts,
+        "X-MLflow-Signature": signature(secret, delivery_id, ts, raw),
+    }, raw
+
+
+def test_signature_is_mlflows():
+    raw = json.dumps({"entity": "model_version", "action": "created"})
+    assert signature(SECRET, "abc", "123", raw.encode()) == _generate_hmac_signature(SECRET, "abc", "123", raw)
+
+
+def test_check_delivery_accepts_authentic_and_rejects_forged_stale_or_incomplete():
+    body = {"entity": "model_version", "action": "created", "data": {"name": "m", "version": "1"}}
+    headers, raw = _delivery(body)
+    assert check_delivery(headers, raw, SECRET, now=1_700_000_010, tolerance=300) == ("d-1", body)
+    forged, raw_f = _delivery(body, secret="wrong")
+    with pytest.raises(DeliveryRejected, match="signature") as e:
+        check_delivery(forged, raw_f, SECRET, now=1_700_000_010, tolerance=300)
+    assert e.value.status == 401
+    with pytest.raises(DeliveryRejected, match="signature"):  # a body changed after signing
+        check_delivery(headers, raw.replace(b'"1"', b'"2"'), SECRET, now=1_700_000_010, tolerance=300)
+    with pytest.raises(DeliveryRejected, match="stale") as e:
+        check_delivery(headers, raw, SECRET, now=1_700_000_000 + 301, tolerance=300)
+    assert e.value.status == 401
+    with pytest.raises(DeliveryRejected, match="missing"):
+        check_delivery({k: v for k, v in headers.items() if "Signature" not in k}, raw, SECRET, 1_700_000_000, 300)
+
+
+def test_delivery_log_remembers_ids_across_restarts(tmp_path):
+    log = DeliveryLog(tmp_path / "d.sqlite", tolerance=300)
+    assert log.claim("a") and not log.claim("a") and log.claim("b")
+    log.release("b")
+    again = DeliveryLog(tmp_path / "d.sqlite", tolerance=300)
+    assert not again.claim("a") and again.claim("b")
