@@ -23,6 +23,9 @@ from modeldiff.config import flatten
 from modeldiff.method.outdist import OutputDistribution
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "modeldiff"  # where runs go unless MLFLOW_EXPERIMENT_NAME/_ID or `mlflow run` say otherwise
+# MLflow 3's UI opens an experiment of this kind on its runs table (without a kind it shows the GenAI view)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 ENTRY_POINT = "modeldiff.entry_point"
 CONFIG_HASH = "modeldiff.config_hash"
 MODEL, MODEL_A, MODEL_B = "modeldiff.model", "modeldiff.model_a", "modeldiff.model_b"
@@ -40,6 +43,22 @@ def setup():
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
 
 
+def default_experiment_id() -> str | None:
+    """The experiment `modeldiff` (made if missing), or None where MLflow has been told one: MLFLOW_EXPERIMENT_NAME
+    or _ID, or `mlflow run`, which has made the run already (`mlflow run ... --experiment-name modeldiff`)."""
+    if any(os.environ.get(v) for v in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")):
+        return None
+    experiment = mlflow.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    return experiment.experiment_id if experiment else mlflow.create_experiment(DEFAULT_EXPERIMENT)
+
+
+def mark_training_experiment(experiment_id: str):
+    """Give the experiment MLflow's "model training" kind if it has no kind yet (a user's choice stays)."""
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
 def identity_tag(model_tag: str) -> str:
     return f"{model_tag}.identity"
 
@@ -48,7 +67,12 @@ def identity_tag(model_tag: str) -> str:
 def start_run(entry_point: str, cfg, params: dict | None = None, run_name: str | None = None):
     """A run (nested under the active one, if any) with its entry point tag, resolved config and params.
     An exception ends it FAILED, keeping what was logged before."""
-    with mlflow.start_run(nested=mlflow.active_run() is not None, run_name=run_name) as run:
+    parent = mlflow.active_run()
+    nested = parent is not None
+    experiment_id = parent.info.experiment_id if nested else default_experiment_id()
+    with mlflow.start_run(nested=nested, run_name=run_name, experiment_id=experiment_id) as run:
+        if not nested:  # child runs stay in their parent's experiment, which is marked already
+            mark_training_experiment(run.info.experiment_id)
         mlflow.set_tag(ENTRY_POINT, entry_point)
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
         known = run.data.params  # `mlflow run` has logged its parameters already; values are immutable

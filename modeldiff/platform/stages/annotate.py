@@ -78,7 +78,8 @@ def _log_sheet(selection: Selection, scores, title: str, about: dict, instructio
 
 def _import_command(cross_eval_run: str, window: str, cfg_args: dict) -> str:
     params = {"cross_eval_run": cross_eval_run, "window": window, **cfg_args, "scores": "<filled sheet.csv>"}
-    return "mlflow run . -e annotate --env-manager local " + " ".join(
+    experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id).name
+    return f"mlflow run . -e annotate --env-manager local --experiment-name {shlex.quote(experiment)} " + " ".join(
         f"-P {shlex.quote(f'{k}={v}')}" for k, v in params.items() if v != ""
     )
 
