@@ -325,6 +325,11 @@ def test_corpus_page_in_chromium(browser, corpus_page):
     assert browser.js(session, "window.tokendiffReady === true")
     viewed = tokenview.viewed_examples(cmp, "mean_nll_diff", cmp.settings.max_views)
     assert sorted(viewed) == list(range(len(SENTENCES)))
+    # the conventions that differ from LMdiff's, as a table a user can open
+    conventions = browser.js(
+        session, "[...document.querySelectorAll('#lmdiff tr th:first-child')].map(c => c.textContent)"
+    )
+    assert conventions == ["", "rank", "clamped rank", "differences", "max_abs_*"]
     rows = np.concatenate([np.arange(cmp.offsets[e], cmp.offsets[e + 1]) for e in viewed])
     specs = {s["name"]: s for s in tokenview.measure_specs(cmp, rows)}
     assert browser.js(session, "document.getElementById('measure').value") == "nll_diff"
