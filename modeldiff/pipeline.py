@@ -3,8 +3,9 @@
 
 Stage 1 follows `sampler.method`: parallel tempering + WHAM (`tempering`) or ancestral importance sampling
 (`ancestral`). Scale-out hooks are plain arguments: `run_sampler(..., units=slice)` runs a slice of the sampler's
-independent units, ladders or blocks (join slices with `join_results`), and `shard` wraps scorers (e.g. `modeldiff.method.scoring.ShardedScorer`,
-which scores this process's share of a batch and all-gathers the rest through the `gather` callable it is given).
+independent units, ladders or blocks (join slices with `join_results`), and `shard` wraps scorers (e.g.
+`modeldiff.method.scoring.ShardedScorer`, which scores this process's share of a batch and all-gathers the rest
+through the `gather` callable it is given).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import pandas as pd
 from modeldiff.analysis import tokendiff
 from modeldiff.analysis.plagiarism import Thresholds, Verdict, black_box, decide, report
 from modeldiff.analysis.relatedness import weight_relatedness
-from modeldiff.method.cross_eval import cross_evaluate
-from modeldiff.method.normalize import lambda_sweep, ratio_from_frames
 from modeldiff.method import ancestral, tempering
 from modeldiff.method.ancestral import AncestralResult, AncestralSettings, run_ancestral
+from modeldiff.method.cross_eval import cross_evaluate
+from modeldiff.method.normalize import lambda_sweep, ratio_from_frames
 from modeldiff.method.outdist import OutputDistribution, build_output_distribution
 from modeldiff.method.scoring import Scorer
 from modeldiff.method.tempering import Checkpointing, TemperingResult, TemperingSettings, run_parallel_tempering
