@@ -187,8 +187,9 @@ def _restored(resume: dict, settings: AncestralSettings, blocks: range) -> dict[
 
 def _save_after(round_index: int, settings: AncestralSettings, every: int, rounds: int, resumed_rounds: int) -> bool:
     """Checkpoint after this round? When it crosses a multiple of `every` samples per process, and after the last;
-    never within the rounds a resumed checkpoint already held. The same answer on every process (saves may gather)."""
-    if round_index < resumed_rounds:
+    never with every = 0, nor within the rounds a resumed checkpoint already held. The same answer on every process
+    (saves may gather)."""
+    if every <= 0 or round_index < resumed_rounds:
         return False
     done, before = (round_index + 1) * settings.block_size, round_index * settings.block_size
     return round_index + 1 == rounds or done // every > before // every

@@ -150,9 +150,12 @@ def test_resume_equals_the_uninterrupted_run(tiny_task, toy_scorers, at):
     full = sample(toy_scorers[0], tiny_task.space, every=48, saved=saved)  # blocks of 48: one checkpoint per block
     assert [c["step"] for c in saved] == [48, 96, 144, 192, 240] and saved[-1]["rounds"] == 5
     n_scored = toy_scorers[0].n_scored
+    none = []
+    sample(toy_scorers[0], tiny_task.space, every=0, saved=none, resume=saved[at])
+    assert none == []  # checkpoint.every = 0: no checkpoints
     resumed = sample(toy_scorers[0], tiny_task.space, resume=saved[at])
     assert_same_samples(resumed, full)
-    assert toy_scorers[0].n_scored - n_scored == 240 - saved[at]["step"]  # finished blocks are not drawn again
+    assert toy_scorers[0].n_scored - n_scored == 2 * (240 - saved[at]["step"])  # finished blocks are not redrawn
     assert resumed.n_scored == full.n_scored
 
 
