@@ -1,9 +1,11 @@
 """What each stage computes, driven by a config and on loaded models: plain functions, no MLflow, no Accelerate
 (the platform's stages call these, then log).
 
-Scale-out hooks are plain arguments: `run_sampler(..., ladders=slice)` runs a slice of the ladders
-(join slices with `TemperingResult.concat`), and `shard` wraps scorers (e.g. `modeldiff.method.scoring.ShardedScorer`,
-which scores this process's share of a batch and all-gathers the rest through the `gather` callable it is given).
+Stage 1 follows `sampler.method`: parallel tempering + WHAM (`tempering`) or ancestral importance sampling
+(`ancestral`). Scale-out hooks are plain arguments: `run_sampler(..., units=slice)` runs a slice of the sampler's
+independent units, ladders or blocks (join slices with `join_results`), and `shard` wraps scorers (e.g.
+`modeldiff.method.scoring.ShardedScorer`, which scores this process's share of a batch and all-gathers the rest
+through the `gather` callable it is given).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pandas as pd
 from modeldiff.analysis import tokendiff
 from modeldiff.analysis.plagiarism import Thresholds, Verdict, black_box, decide, report
 from modeldiff.analysis.relatedness import weight_relatedness
+from modeldiff.method import ancestral, tempering
+from modeldiff.method.ancestral import AncestralResult, AncestralSettings, run_ancestral
 from modeldiff.method.cross_eval import cross_evaluate
 from modeldiff.method.normalize import lambda_sweep, ratio_from_frames
 from modeldiff.method.outdist import OutputDistribution, build_output_distribution
@@ -27,26 +31,47 @@ def make_scorer(cfg, loaded: LoadedModel) -> Scorer:
     return Scorer(loaded.model, loaded.space.bos_token_id, output=cfg.output, batch_size=int(cfg.model.batch_size))
 
 
+def is_ancestral(cfg) -> bool:
+    return cfg.sampler.method == "ancestral"
+
+
+def n_units(cfg) -> int:
+    """Stage 1's independent units (split across processes, resampled for errors): ladders or blocks."""
+    return int(cfg.sampler.ancestral.n_blocks if is_ancestral(cfg) else cfg.sampler.ladders)
+
+
 def run_sampler(
     cfg,
     loaded: LoadedModel,
-    ladders: slice | None = None,
+    units: slice | None = None,
     progress: bool = False,
     checkpointing: Checkpointing | None = None,
-) -> TemperingResult:
-    return run_parallel_tempering(
-        make_scorer(cfg, loaded),
-        loaded.space,
-        TemperingSettings.from_config(cfg),
-        ladders=ladders,
-        progress=progress,
-        checkpointing=checkpointing,
-    )
+    rounds: int | None = None,
+) -> TemperingResult | AncestralResult:
+    """Stage 1's samples of the units in `units` (default: all). `rounds` (ancestral): the most blocks any process
+    runs, so that every process checkpoints at the same rounds (tempering's processes step in lockstep anyway)."""
+    scorer = make_scorer(cfg, loaded)
+    if is_ancestral(cfg):
+        settings = AncestralSettings.from_config(cfg)
+        return run_ancestral(scorer, loaded.space, settings, units, progress, checkpointing, rounds)
+    settings = TemperingSettings.from_config(cfg)
+    return run_parallel_tempering(scorer, loaded.space, settings, units, progress, checkpointing)
 
 
-def build_outdist(cfg, loaded: LoadedModel, pt: TemperingResult) -> OutputDistribution:
-    od = build_output_distribution(
-        pt,
+def join_results(parts: list):
+    """One sampler result from those of disjoint unit slices, in process order."""
+    return type(parts[0]).concat(parts)
+
+
+def merge_checkpoints(cfg, parts: list[dict]) -> dict:
+    """One checkpoint from those of disjoint unit slices: any number of processes resumes it."""
+    return (ancestral if is_ancestral(cfg) else tempering).merge_checkpoints(parts)
+
+
+def build_outdist(cfg, loaded: LoadedModel, result: TemperingResult | AncestralResult) -> OutputDistribution:
+    build = ancestral.build_output_distribution if is_ancestral(cfg) else build_output_distribution
+    od = build(
+        result,
         loaded.space,
         tuple(cfg.z_range),
         float(cfg.bins.width),

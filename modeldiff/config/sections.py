@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from modeldiff.analysis import ANNOTATORS
 from modeldiff.analysis.measures import Settings as TokendiffSettings
-from modeldiff.method import KERNELS, OUTPUTS, WITHIN_BIN, check_z_range
+from modeldiff.method import KERNELS, OUTPUTS, SAMPLERS, WITHIN_BIN, ancestral_rules, check_z_range
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -138,8 +138,21 @@ class BinsSection(Section):
 
 
 @dataclass(frozen=True)
+class AncestralSection(Section):
+    name: ClassVar[str] = "sampler.ancestral"
+    temperatures: list
+    n_samples: int
+    n_blocks: int
+    batch_size: int
+
+    def rules(self):
+        return ancestral_rules(self.temperatures, self.n_samples, self.n_blocks, self.batch_size)
+
+
+@dataclass(frozen=True)
 class SamplerSection(Section):
     name: ClassVar[str] = "sampler"
+    method: str
     kernel: str
     kernel_params: dict
     t_min: float
@@ -150,6 +163,7 @@ class SamplerSection(Section):
     burn_in: int
     thin: int
     swap_every: int
+    ancestral: AncestralSection
 
     def check(self):
         try:
@@ -160,6 +174,7 @@ class SamplerSection(Section):
 
     def rules(self):
         return [
+            ("method", self.method in SAMPLERS, f"one of {list(SAMPLERS)}"),
             ("t_min", 0 < self.t_min <= self.t_max, "> 0 and <= sampler.t_max"),
             ("n_temperatures", self.n_temperatures >= 1, ">= 1"),
             ("ladders", self.ladders >= 1, ">= 1"),

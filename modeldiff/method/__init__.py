@@ -1,6 +1,7 @@
 """The Model-diff method on input spaces, scorers and arrays: no MLflow, no Accelerate, no config files.
 
-Stage 1 (output distribution): `space`, `scoring`, `kernels`, `tempering`, `reweighting`, `outdist`;
+Stage 1 (output distribution): `space`, `scoring`, `kernels`, `tempering`, `reweighting`, `outdist`, or, the second
+method, `ancestral`;
 stage 2: `cross_eval`; stage 3: `normalize`; the toy task and exact enumeration to check all of them against:
 `toy`, `enumeration`.
 
@@ -23,6 +24,7 @@ KERNELS = Registry(
         "lm_proposal": "modeldiff.method.kernels:LMProposal",
     },
 )
+SAMPLERS = ("tempering", "ancestral")  # sampler.method: parallel tempering + WHAM, or ancestral importance sampling
 OUTPUTS = ("mean_nll", "sum_nll")  # z: the mean per-token NLL (the paper's) or the summed NLL
 WITHIN_BIN = ("reweight", "uniform")  # how cross_eval picks an input inside a drawn bin
 
@@ -34,3 +36,23 @@ def check_z_range(z_range) -> tuple[float, float]:
     if lo >= hi:
         raise ValueError(f"z_range is reversed or empty: [{lo}, {hi}]; give it as [z_min, z_max] with z_min < z_max")
     return lo, hi
+
+
+def ancestral_rules(temperatures, n_samples: int, n_blocks: int, batch_size: int) -> list[tuple[str, bool, str]]:
+    """(key under sampler.ancestral, ok, requirement) for ancestral sampling's settings: the config's checks and
+    `AncestralSettings`' own. Every block holds the same number of samples of every temperature."""
+    temps_ok = len(temperatures) >= 1 and all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temperatures
+    )
+    per_block = n_blocks * max(len(temperatures), 1)
+    return [
+        ("temperatures", temps_ok, "a non-empty list of temperatures > 0, e.g. [1.0, 1.5]"),
+        ("n_blocks", n_blocks >= 2, ">= 2 (blocks are the bootstrap's independent units)"),
+        (
+            "n_samples",
+            n_samples >= per_block and n_samples % per_block == 0,
+            f"a positive multiple of n_blocks × len(temperatures) = {per_block} "
+            f"(e.g. {max(1, round(n_samples / per_block)) * per_block})",
+        ),
+        ("batch_size", batch_size >= 1, ">= 1"),
+    ]

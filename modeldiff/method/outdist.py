@@ -1,8 +1,9 @@
 """The output distribution ρ̃(z) of one model and its representative inputs (stage 1's result).
 
-Built from parallel-tempering records by WHAM; saved as `outdist.npz` (bin edges, ln ρ, bootstrap
-std, per-replica histograms, free energies) plus `representatives.parquet` (the distinct sampled
-inputs inside Z with their z, multiplicity and reweighting weight).
+Built from parallel-tempering records by WHAM (here) or from ancestral importance samples (`ancestral`); saved as
+`outdist.npz` (bin edges, ln ρ, bootstrap std, per-replica/per-temperature histograms, free energies, and, where the
+method has them, per-unit weights) plus `representatives.parquet` (the distinct sampled inputs inside Z with their z,
+multiplicity and reweighting weight).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .tempering import TemperingResult
 
 OUTDIST_FILE = "outdist.npz"
 REPRESENTATIVES_FILE = "representatives.parquet"
+UNIT_ARRAYS = ("rep_unit_ln_weight", "unit_ln_rho")  # OutputDistribution's optional per-unit arrays
 
 
 def make_edges(z_min: float, z_max: float, z_range, width: float) -> np.ndarray:
@@ -34,17 +36,27 @@ def make_edges(z_min: float, z_max: float, z_range, width: float) -> np.ndarray:
     return lo + w * np.arange(-below, n_in + above + 1)
 
 
+def bin_of(z: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each z (values beyond the ends go to the end bins)."""
+    return np.clip(np.searchsorted(edges, z, side="right") - 1, 0, len(edges) - 2)
+
+
 @dataclass
 class OutputDistribution:
     edges: np.ndarray  # [B+1]
     ln_rho: np.ndarray  # [B]; −inf where no sample fell; scaled so Σρ = |Ω| if sampling covered Ω
     ln_rho_std: np.ndarray  # [B] bootstrap std over ladders of ln ρ normalised inside Z
-    hist: np.ndarray  # [K, B] per-replica counts
+    hist: np.ndarray  # [K, B] samples per replica (tempering) or per proposal temperature (ancestral)
     temperatures: np.ndarray  # [K]
-    f: np.ndarray  # [K] WHAM free energies (gauge f_0 = 0)
+    f: np.ndarray  # [K] WHAM free energies (gauge f_0 = 0); ancestral: zeros (every q_τ is normalised)
     z_range: tuple[float, float]
     representatives: pd.DataFrame  # distinct inputs with z ∈ Z: tokens, z, count, ln_weight, bin
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # meta["method"]: "tempering" or "ancestral"
+    # Per independent unit u (ancestral: a block of samples), for resampling units: with multiplicities m_u,
+    # ρ̃_m(b) = Σ_u m_u exp(unit_ln_rho[u, b]) / Σ_u m_u N_u (N_u = meta["unit_sizes"][u]) and a representative's
+    # weight is Σ_u m_u exp(rep_unit_ln_weight[x, u]). None where the method does not give them.
+    rep_unit_ln_weight: np.ndarray | None = None  # [n_representatives, n_units] ln Σ of w over x's samples in u
+    unit_ln_rho: np.ndarray | None = None  # [n_units, B] ln Σ of w over u's samples in bin b (−inf where none)
 
     @property
     def centers(self) -> np.ndarray:
@@ -81,6 +93,7 @@ class OutputDistribution:
             f=self.f,
             z_range=np.asarray(self.z_range),
             meta=np.asarray(json.dumps(self.meta)),
+            **{name: getattr(self, name) for name in UNIT_ARRAYS if getattr(self, name) is not None},
         )
         reps = self.representatives.copy()
         reps["tokens"] = [list(map(int, t)) for t in reps["tokens"]]
@@ -106,10 +119,11 @@ class OutputDistribution:
             z_range=tuple(float(v) for v in arrays["z_range"]),
             representatives=reps,
             meta=json.loads(str(arrays["meta"])),
+            **{name: arrays.get(name) for name in UNIT_ARRAYS},
         )
 
 
-def _unique_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unique_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct rows of an int matrix, fast: compare rows as opaque byte strings."""
     ids = np.ascontiguousarray(ids)
     keys = ids.view(np.dtype((np.void, ids.dtype.itemsize * ids.shape[1]))).ravel()
@@ -136,13 +150,19 @@ def _bootstrap_std(
         h = np.einsum("c,ckb->kb", mult, per_ladder)
         if (h.sum(1) == 0).any():
             continue
-        lr = coarsen(wham(h, fine_centres, temps, f0=f0).ln_rho, sub)
+        boot.append(coarsen(wham(h, fine_centres, temps, f0=f0).ln_rho, sub))
+    return std_in_z(boot, in_z), len(boot)
+
+
+def std_in_z(resamples: list[np.ndarray], in_z: np.ndarray) -> np.ndarray:
+    """Per-bin std of resampled ln ρ, each normalised inside Z (NaN for bins reached in fewer than two)."""
+    boot = []
+    for lr in resamples:
         m = in_z & np.isfinite(lr)
         boot.append(np.where(m, lr - logsumexp(lr[m]), np.nan) if m.any() else np.full_like(lr, np.nan))
     with warnings.catch_warnings():  # bins seen in fewer than two resamples have no std: NaN, by design
         warnings.simplefilter("ignore", RuntimeWarning)
-        std = np.nanstd(np.array(boot), axis=0) if len(boot) > 1 else np.full(len(in_z), np.nan)
-    return std, len(boot)
+        return np.nanstd(np.array(boot), axis=0) if len(boot) > 1 else np.full(len(in_z), np.nan)
 
 
 def _representatives(
@@ -154,7 +174,7 @@ def _representatives(
     ids_in, z_in = pt.ids[inside], pt.z[inside]
     if not inside.any():
         return pd.DataFrame(columns=["tokens", "z", "count", "ln_weight", "bin"])
-    first, _, counts = _unique_rows(ids_in)
+    first, _, counts = unique_rows(ids_in)
     z_u = z_in[first]
     reps = pd.DataFrame(
         {
@@ -163,7 +183,7 @@ def _representatives(
             "count": counts,
             # a distinct input's weight sums its records' weights: count × w(z)
             "ln_weight": np.log(counts) + log_weights(z_u, f, n_k, pt.temperatures),
-            "bin": np.clip(np.searchsorted(edges, z_u, side="right") - 1, 0, len(edges) - 2),
+            "bin": bin_of(z_u, edges),
         }
     )
     if decode is not None:
@@ -202,6 +222,7 @@ def build_output_distribution(
     hist = per_ladder.sum(0).reshape(k_count, -1, sub).sum(-1)
     reps = _representatives(pt, (lo, hi), edges, sol.f, hist.sum(1), decode)
     meta = dict(
+        method="tempering",
         n_records=int(len(pt.z)),
         n_in_z=int(((pt.z >= lo) & (pt.z <= hi)).sum()),
         n_distinct_in_z=int(len(reps)),

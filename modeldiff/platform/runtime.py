@@ -49,8 +49,13 @@ class Dist:
 
         return broadcast_object_list([obj])[0] if self.n > 1 else obj
 
-    def ladders(self, n_ladders: int) -> slice | None:
-        return ladder_slice(n_ladders, self.index, self.n) if self.n > 1 else None
+    def share(self, n_units: int) -> slice | None:
+        """This process's contiguous share of stage 1's independent units (ladders or blocks); None: all of them."""
+        return ladder_slice(n_units, self.index, self.n) if self.n > 1 else None
+
+    def rounds(self, n_units: int) -> int:
+        """The most units any process gets (shares differ by at most one)."""
+        return -(-n_units // self.n)
 
     def shard(self, scorer):
         return ShardedScorer(scorer, self.index, self.n, self.gather) if self.n > 1 else scorer

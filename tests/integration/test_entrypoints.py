@@ -18,7 +18,7 @@ from entrypoints import tokendiff as tokendiff_ep
 from modeldiff.method.toy import ToyTask, make_toy_model
 from modeldiff.platform import tracking
 from support import ROOT, artifacts, ratio_of
-from support.chains import ARTIFACTS, EXPERIMENT, OVERRIDES, mlflow_run, runs_of
+from support.chains import ARTIFACTS, EXPERIMENT, OVERRIDES, mlflow_run, outdist_arrays, runs_of
 
 pytestmark = pytest.mark.integration
 
@@ -159,12 +159,6 @@ def test_two_processes_give_the_one_process_result(store, chain):
     assert ratio_of(parent.info.run_id) == ratio_of(children["normalize"])
 
 
-def _outdist_arrays(run_id):
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="outdist/outdist.npz")
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
 def test_a_killed_sampling_run_resumes_to_the_uninterrupted_result(store, chain):
     """SIGKILL mid-run, `--resume <run id>`: the same records (and so the same ρ̃) as a run never interrupted."""
     over = OVERRIDES.replace("sampler.steps=300", "sampler.steps=2500") + " checkpoint.every=200"
@@ -213,7 +207,7 @@ def test_a_killed_sampling_run_resumes_to_the_uninterrupted_result(store, chain)
     uninterrupted = sample_outdist.main(["--config", "configs/toy.yaml", "--overrides", over, "--model", "toy:small"])
     full = MlflowClient().get_run(uninterrupted).data.metrics
     assert resumed.data.metrics["n_records"] == full["n_records"] == 2400 * 12 * 8
-    got, want = _outdist_arrays(resumed.info.run_id), _outdist_arrays(uninterrupted)
+    got, want = outdist_arrays(resumed.info.run_id), outdist_arrays(uninterrupted)
     for name in ("hist", "ln_rho", "edges"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     # a finished run has nothing to resume; a run of another config is refused

@@ -5,22 +5,13 @@ import pandas as pd
 import pytest
 
 from modeldiff.method.cross_eval import EmptyBinsError, cross_evaluate, draw_representatives
-from modeldiff.method.enumeration import exact_log_rho, exact_ratio, in_range
+from modeldiff.method.enumeration import exact_log_rho, exact_ratio
 from modeldiff.method.normalize import ratio_from_frames
 from modeldiff.method.outdist import OutputDistribution, make_edges
 from support import OUTDIST_Z_RANGE as Z_RANGE
-from support import assert_within_sigma
+from support import assert_within_sigma, term_sigma
 
 N_DRAWS = 40_000
-
-
-def term_sigma(z_src, z_other, exact_term, numerator_mask, n):
-    """Std of count/n_in over n draws uniform on X_src (delta method on the ratio of two means)."""
-    in_src = in_range(z_src, Z_RANGE)
-    x = numerator_mask[in_src].astype(float)
-    y = in_range(z_other, Z_RANGE)[in_src].astype(float)
-    var = np.mean((x - exact_term * y) ** 2)
-    return np.sqrt(var / n) / y.mean()
 
 
 def test_sampled_terms_match_enumeration(tiny_task, toy_scorers, toy_exact_z, outdists):
@@ -41,7 +32,7 @@ def test_sampled_terms_match_enumeration(tiny_task, toy_scorers, toy_exact_z, ou
         "PD_BA": (z_b, z_a, d > 0),
     }
     for term, (src, other, mask) in masks.items():
-        sigma = term_sigma(src, other, exact["terms"][term], mask, N_DRAWS)
+        sigma = term_sigma(src, other, exact["terms"][term], mask, N_DRAWS, Z_RANGE)
         assert sigma < 0.005  # the test has power: 4σ < 0.02
         assert_within_sigma(sampled["terms"][term], exact["terms"][term], sigma, what=term)
     # D is always A − B, on both sides

@@ -7,9 +7,11 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from modeldiff.method.enumeration import in_range
 from modeldiff.models import LoadedModel, decode_digits
 
 ROOT = Path(__file__).resolve().parents[2]  # the project
@@ -28,6 +30,36 @@ def assert_within_sigma(estimate: float, truth: float, sigma: float, n_sigma: fl
         f"{what}: estimate {estimate:.5f} vs exact {truth:.5f} differs by {abs(estimate - truth):.5f} "
         f"> {n_sigma}σ = {n_sigma * sigma:.5f}"
     )
+
+
+def brute_force_log_q(model, space, ids, temperatures, batch: int = 4096) -> np.ndarray:
+    """ln q_τ(x) = Σ_i ln softmax(log p(·|BOS, x<i)[S] / τ)[x_i] for every row of `ids` [n, L] and every τ: [n, K],
+    from full (uncached) forwards, each conditional separately: the reference for ancestral sampling."""
+    out = []
+    allowed = space.ids_tensor()
+    slots = space.ids_to_slots(torch.as_tensor(np.asarray(ids), dtype=torch.long))
+    for start in range(0, len(slots), batch):
+        x = torch.as_tensor(np.asarray(ids[start : start + batch]), dtype=torch.long)
+        bos = torch.full((len(x), 1), space.bos_token_id)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.cat([bos, x], 1)).logits[:, :-1].float(), -1)[..., allowed]
+        picked = slots[start : start + batch].unsqueeze(-1)
+        out.append(
+            torch.stack(
+                [torch.log_softmax(logp / t, -1).gather(-1, picked).squeeze(-1).double().sum(-1) for t in temperatures],
+                -1,
+            )
+        )
+    return torch.cat(out).numpy()
+
+
+def term_sigma(z_src, z_other, exact_term, numerator_mask, n, z_range):
+    """Std of count/n_in over n draws uniform on X_src (delta method on the ratio of two means)."""
+    in_src = in_range(z_src, z_range)
+    x = numerator_mask[in_src].astype(float)
+    y = in_range(z_other, z_range)[in_src].astype(float)
+    var = np.mean((x - exact_term * y) ** 2)
+    return np.sqrt(var / n) / y.mean()
 
 
 def logits(loaded, ids=(3, 0, 1, 2)):

@@ -3,6 +3,8 @@ point the way a user does (`mlflow run`) and find its runs."""
 
 import subprocess
 
+import mlflow
+import numpy as np
 from mlflow.tracking import MlflowClient
 
 from . import ROOT
@@ -51,3 +53,10 @@ def mlflow_run(store, entry_point, **params):
 def runs_of(store, entry_point, status=None):
     flt = f"tags.`modeldiff.entry_point` = '{entry_point}'" + (f" and attributes.status = '{status}'" if status else "")
     return MlflowClient().search_runs([store["experiment_id"]], flt, order_by=["attributes.start_time DESC"])
+
+
+def outdist_arrays(run_id) -> dict:
+    """The arrays of a sample_outdist run's outdist/outdist.npz."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="outdist/outdist.npz")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}

@@ -15,7 +15,7 @@ def test_unknown_key_is_an_error_naming_the_valid_ones():
     with pytest.raises(
         ConfigError,
         match=r"unknown config key 'sampler\.stepz' in overrides; valid keys under "
-        r"'sampler': kernel, kernel_params, t_min, .*steps",
+        r"'sampler': method, kernel, kernel_params, t_min, .*steps",
     ):
         load_config("toy", "sampler.stepz=10")
     with pytest.raises(ConfigError, match=r"unknown config key 'nope' .*top level: seed, models, space, z_range"):
@@ -114,6 +114,12 @@ def test_reversed_z_range_is_one_line_with_the_fix():
         ("sampler.kernel=nope", r"unknown sampler\.kernel 'nope'; available: .*mh_uniform"),
         ("cross_eval.within_bin=x", r"'cross_eval\.within_bin' must be one of"),
         ("cross_eval.allow_empty_bins=3", r"must be true/false"),
+        ("sampler.method=mcmc", r"'sampler\.method' must be one of \['tempering', 'ancestral'\]"),
+        ("sampler.ancestral.temperatures=[1.0,0]", r"'sampler\.ancestral\.temperatures' must be a non-empty list"),
+        ("sampler.ancestral.temperatures=1.0", r"'sampler\.ancestral\.temperatures' must be a list"),
+        ("sampler.ancestral.n_blocks=1", r"'sampler\.ancestral\.n_blocks' must be >= 2"),
+        ("sampler.ancestral.n_samples=1000", r"'sampler\.ancestral\.n_samples' must be a positive multiple of .* = 64"),
+        ("sampler.ancestral.batch_size=0", r"'sampler\.ancestral\.batch_size' must be >= 1"),
     ],
 )
 def test_validation(override, match):
@@ -137,3 +143,8 @@ def test_hashes_follow_what_each_stage_depends_on():
     assert stage_hash(cfg, "cross_eval") != stage_hash(draws, "cross_eval")
     assert stage_hash(cfg, "normalize") != stage_hash(lam, "normalize")
     assert stage_hash(cfg, "sample_outdist") != stage_hash(load_config("toy", "sampler.steps=999"), "sample_outdist")
+    ancestral = load_config("toy", "sampler.method=ancestral")
+    assert stage_hash(cfg, "sample_outdist") != stage_hash(ancestral, "sample_outdist")
+    assert stage_hash(ancestral, "sample_outdist") != stage_hash(
+        load_config("toy", "sampler.method=ancestral sampler.ancestral.temperatures=[1.0,2.0]"), "sample_outdist"
+    )

@@ -109,6 +109,27 @@ def test_process_split_equals_one_process(cfg):
         assert fig.axes and fig.axes[0].get_xlabel()
 
 
+def test_ancestral_process_split_equals_one_process_and_feeds_stage_2(cfg):
+    """sampler.method=ancestral through the pipeline: 5 blocks over 3 'processes' (2 rounds each) equal the
+    one-process run, and its output distribution goes through cross_eval and normalize unchanged."""
+    cfg.sampler.method = "ancestral"
+    cfg.sampler.ancestral.update(n_samples=400, n_blocks=5, batch_size=64)
+    a, b = load_model("toy:small", cfg), load_model("toy:large", cfg)
+    whole = pipeline.run_sampler(cfg, a)
+    assert pipeline.n_units(cfg) == 5
+    joined = pipeline.join_results([pipeline.run_sampler(cfg, a, ladder_slice(5, i, 3), rounds=2) for i in range(3)])
+    np.testing.assert_array_equal(joined.ids, whole.ids)
+    np.testing.assert_array_equal(joined.log_q, whole.log_q)
+    od = pipeline.build_outdist(cfg, a, joined)
+    np.testing.assert_array_equal(od.ln_rho, pipeline.build_outdist(cfg, a, whole).ln_rho)
+    assert od.meta["method"] == "ancestral" and od.meta["model"] == "toy:small" and len(od.representatives)
+    ab = pipeline.cross_eval(cfg, od, a, b, "A")
+    ba = pipeline.cross_eval(cfg, pipeline.sample_outdist(cfg, b), b, a, "B")
+    ratio, _ = pipeline.normalize(cfg, ab, ba)
+    assert ratio["ratio"][0] == 1.0 and ratio["counts"]["n_A"] == 500
+    assert pipeline.sample_outdist(load_config("toy", TINY), a).meta["method"] == "tempering"
+
+
 def test_cross_eval_refuses_a_different_z_range(cfg):
     a = load_model("toy:small", cfg)
     od = pipeline.sample_outdist(cfg, a)

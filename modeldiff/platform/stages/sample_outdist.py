@@ -1,6 +1,7 @@
-"""Stage `sample_outdist`: one model's output distribution ρ̃(z) (stage 1).
+"""Stage `sample_outdist`: one model's output distribution ρ̃(z) (stage 1), by `sampler.method`.
 
-Logs outdist/outdist.npz, outdist/representatives.parquet, plots/rho_z.png and a representatives table.
+Logs outdist/outdist.npz, outdist/representatives.parquet, plots/rho_z.png and a representatives table; ancestral
+runs also a per-bin effective sample size table (tables/ess_per_bin.json).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ import tempfile
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from modeldiff import pipeline
-from modeldiff.method.tempering import Checkpointing, TemperingResult, merge_checkpoints
+from modeldiff.method.outdist import OutputDistribution
+from modeldiff.method.tempering import Checkpointing
 from modeldiff.models import LoadedModel, load_model
 from modeldiff.views import plots
 
@@ -25,8 +28,8 @@ def stage_hash(cfg, loaded: LoadedModel) -> str:
 
 
 def checkpointing(cfg, dist: Dist, resume_run: str | None, h: str) -> Checkpointing:
-    """Every process checkpoints its ladders; the main process merges the slices and logs one checkpoint, which
-    any number of processes can resume from."""
+    """Every process checkpoints its units (ladders or blocks); the main process merges the slices and logs one
+    checkpoint, which any number of processes can resume from."""
     resume_from = None
     if resume_run:
         resume_from = dist.broadcast(
@@ -36,12 +39,12 @@ def checkpointing(cfg, dist: Dist, resume_run: str | None, h: str) -> Checkpoint
     def save(part: dict):
         parts = dist.gather([part])
         if dist.is_main:
-            tracking.log_checkpoint(merge_checkpoints(parts))
+            tracking.log_checkpoint(pipeline.merge_checkpoints(cfg, parts))
 
     return Checkpointing(int(cfg.checkpoint.every), save, resume_from)
 
 
-def _log(cfg, loaded: LoadedModel, od):
+def _log(cfg, loaded: LoadedModel, od: OutputDistribution):
     mlflow.set_tags({tracking.MODEL: loaded.ref, tracking.identity_tag(tracking.MODEL): loaded.identity})
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifacts(str(od.save(tmp)), "outdist")
@@ -56,6 +59,15 @@ def _log(cfg, loaded: LoadedModel, od):
             "n_distinct_in_z": meta["n_distinct_in_z"],
             "n_empty_bins_in_z": len(od.empty_bins_in_z),
             "sampling_seconds": meta["sampling_seconds"],
+        }
+    )
+    (_log_ancestral if meta["method"] == "ancestral" else _log_tempering)(od)
+
+
+def _log_tempering(od: OutputDistribution):
+    meta = od.meta
+    mlflow.log_metrics(
+        {
             "acceptance_mean": float(np.mean(meta["acceptance"])),
             "swap_acceptance_min": float(np.min(meta["swap_acceptance"], initial=1.0)),
             "wham_iterations": meta["wham_iterations"],
@@ -67,6 +79,38 @@ def _log(cfg, loaded: LoadedModel, od):
         mlflow.log_metric("swap_acceptance", float(a), step=k)
 
 
+def ess_table(od: OutputDistribution) -> pd.DataFrame:
+    """One row per bin: its z range, whether it is in Z, samples, distinct inputs, effective sample size, ln ρ̃."""
+    bins = np.arange(len(od.ln_rho))
+    distinct = np.bincount(od.representatives["bin"].to_numpy(), minlength=len(bins)) if len(od.representatives) else 0
+    return pd.DataFrame(
+        {
+            "bin": bins,
+            "z_lo": od.edges[:-1],
+            "z_hi": od.edges[1:],
+            "in_z": od.in_z,
+            "n_samples": od.hist.sum(0).astype(np.int64),
+            "n_distinct_in_z": np.where(od.in_z, distinct, 0),
+            "ess": od.meta["ess_per_bin"],
+            "ln_rho": od.ln_rho,
+            "ln_rho_std": od.ln_rho_std,
+        }
+    )
+
+
+def _log_ancestral(od: OutputDistribution):
+    table = ess_table(od)
+    reached = table[table["in_z"] & (table["n_samples"] > 0)]
+    mlflow.log_metrics(
+        {
+            "ess_in_z": od.meta["ess_in_z"],
+            "ess_min_in_z": float(reached["ess"].min()) if len(reached) else 0.0,
+            "n_distinct": od.meta["n_distinct"],
+        }
+    )
+    tracking.log_table(table, "tables/ess_per_bin.json")
+
+
 def execute(cfg, dist: Dist, loaded: LoadedModel, resume_run: str | None = None) -> str:
     """Inside an open run (main process): sample with the ladders split across processes (resuming the
     interrupted run `resume_run` from its last checkpoint), log; returns the run id."""
@@ -76,9 +120,13 @@ def execute(cfg, dist: Dist, loaded: LoadedModel, resume_run: str | None = None)
         if resume_run:
             print(f"modeldiff: sample_outdist: resuming run {resume_run} from its last checkpoint")
     ckpt = checkpointing(cfg, dist, resume_run, h)
-    parts = dist.gather([pipeline.run_sampler(cfg, loaded, dist.ladders(int(cfg.sampler.ladders)), checkpointing=ckpt)])
+    n_units = pipeline.n_units(cfg)
+    mine = pipeline.run_sampler(
+        cfg, loaded, dist.share(n_units), progress=dist.is_main, checkpointing=ckpt, rounds=dist.rounds(n_units)
+    )
+    parts = dist.gather([mine])
     if dist.is_main:
-        _log(cfg, loaded, pipeline.build_outdist(cfg, loaded, TemperingResult.concat(parts)))
+        _log(cfg, loaded, pipeline.build_outdist(cfg, loaded, pipeline.join_results(parts)))
     return tracking.finish(h, dist)
 
 
