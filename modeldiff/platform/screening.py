@@ -796,12 +796,13 @@ def serve(
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     screener = Screener(config, overrides, state_dir, experiment, job_timeout)
-    _stop_on_signals(screener)
-    lease = Lease(screener.client, experiment_id(screener.client, EXPERIMENT))
     deliveries = DeliveryLog(state_dir / "deliveries.sqlite", tolerance)
     handler = make_handler(screener, deliveries, secret, tolerance, request_timeout)
     server = ScreeningServer((host, port), handler, max_connections, screener.stats)
+    _stop_on_signals(screener)
+    lease = None
     try:
+        lease = Lease(screener.client, experiment_id(screener.client, EXPERIMENT))
         lease.acquire()
         n = screener.reconcile()
         log.info("%d unscreened version(s) queued from the registry", n)
@@ -817,7 +818,8 @@ def serve(
         log.info("stopping (%s)", e)
     finally:
         screener.stop()
-        lease.release()
+        if lease is not None:
+            lease.release()
         server.server_close()
 
 

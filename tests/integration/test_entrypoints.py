@@ -131,15 +131,14 @@ def test_mlflow_run_with_bad_input_fails_the_run(store):
     assert runs_of(store, "cross_eval")[0].info.status == "FAILED"
 
 
-@pytest.mark.parametrize("case", ["unknown model", "unreadable file", "reversed z_range", "mismatched tokenizers"])
+@pytest.mark.parametrize("case", ["unknown model", "mismatched tokenizers"])
 def test_mlflow_run_main_with_bad_input_prints_one_line(store, chain, tmp_path, case):
-    """`main` runs under `accelerate launch`, which must not wrap the error in tracebacks (DESIGN §5)."""
-    (tmp_path / "broken.gguf").write_bytes(b"not a GGUF file")
+    """`main` runs under `accelerate launch`, which must not wrap the error in tracebacks: an error at the start and
+    one after both models loaded (every DESIGN §5 case is one line in-process: test_bad_input_is_one_line_and_exits_2;
+    each mlflow run costs about 30 s)."""
     make_toy_model(ToyTask(5, 8, 10), n_embd=16, n_head=2, n_layer=1).save_pretrained(tmp_path / "v8")
     params, match = {
         "unknown model": ({"model_a": "no/such/model/here"}, "is not a model directory"),
-        "unreadable file": ({"model_a": str(tmp_path / "broken.gguf")}, "cannot load the GGUF file"),
-        "reversed z_range": ({"overrides": "z_range=[1.8,1.3]"}, "z_range is reversed"),
         "mismatched tokenizers": ({"overrides": OVERRIDES, "model_b": str(tmp_path / "v8")}, "are not comparable"),
     }[case]
     res = mlflow_run(store, "main", **params)
