@@ -496,6 +496,7 @@ class Screener:
         }
         logfile = self.state_dir / "logs" / f"{name}-{version}.log"
         with open(logfile, "ab") as out:
+            start = out.tell()  # this job's part of the log begins here (the file is appended to per version)
             self.child = subprocess.Popen(
                 cmd,
                 stdout=out,
@@ -503,7 +504,6 @@ class Screener:
                 env=env,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
-            start = out.tell()
             try:
                 rc, timed_out = self.child.wait(timeout=self.job_timeout), False
             except subprocess.TimeoutExpired:
@@ -516,7 +516,7 @@ class Screener:
             self.stats.history.append(key)
             log.info("screened %s", key)
             return "done"
-        with open(logfile, "rb") as f:  # this job's part of the log
+        with open(logfile, "rb") as f:
             f.seek(start)
             lines = f.read().decode(errors="replace").splitlines()
         error = failure_reason(lines, rc, self.job_timeout if timed_out else None, f"models:/{key}", logfile)
