@@ -574,7 +574,7 @@ class Lease:
         host, _, pid = holder.rpartition(":")
         if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
             return None  # died on this host without giving the lease back
-        age = time.time() - beat
+        age = max(0.0, time.time() - beat)  # (beats are written in whole seconds)
         return (holder, age) if age < LEASE_STALE else None
 
     def acquire(self):
