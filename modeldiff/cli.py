@@ -84,6 +84,18 @@ def screen(argv) -> int:
     )
     s.add_argument("--tolerance", type=float, default=300.0, help="seconds a delivery's timestamp may be off")
     s.add_argument(
+        "--request-timeout",
+        type=float,
+        default=screening.REQUEST_TIMEOUT,
+        help="seconds a client may pause while sending a request before it is dropped (default %(default)s)",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=screening.MAX_CONNECTIONS,
+        help="connections handled at once; more get 503, which MLflow retries (default %(default)s)",
+    )
+    s.add_argument(
         "--register-webhook",
         default="",
         metavar="URL",
@@ -110,6 +122,8 @@ def screen(argv) -> int:
                 args.register_webhook or None,
                 args.experiment,
                 args.job_timeout,
+                args.request_timeout,
+                args.max_connections,
             )
         elif args.mode == "poll":
             screening.poll(

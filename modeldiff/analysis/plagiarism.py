@@ -280,10 +280,13 @@ def statistic(rep: dict) -> dict:
     return out
 
 
-def screening_verdict(results: list[tuple[str, dict]]) -> tuple[str, str, dict]:
+def screening_verdict(results: list[tuple[str, dict]], skipped=()) -> tuple[str, str, dict]:
     """(verdict, counterpart, statistic) for a new model from its pairwise reports against each counterpart
     (model A = the counterpart, model B = the new model). A copy verdict names the counterpart with the strongest
-    evidence; a counterpart that looks like a copy *of the new model* makes the new model `related` to it."""
+    evidence; a counterpart that looks like a copy *of the new model* makes the new model `related` to it. With
+    counterparts `skipped` (not compared), no finding is `inconclusive`, not `independent`."""
+    if skipped and not any(r["verdict"] != "independent" for _, r in results):
+        return "inconclusive", "", {"n_counterparts": len(results), "not_compared": sorted(skipped)}
     if not results:
         return "independent", "", {"note": "no model of its vocabulary was registered before it"}
 

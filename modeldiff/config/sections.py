@@ -223,6 +223,7 @@ class ModelSection(Section):
     device: str
     batch_size: int
     trust_remote_code: bool
+    safetensors_only: bool
 
     def rules(self):
         return [("dtype", self.dtype in DTYPES, f"one of {list(DTYPES)}"), ("batch_size", self.batch_size >= 1, ">= 1")]
@@ -272,6 +273,22 @@ class PlagiarismSection(Section):
             ("direction_z", self.direction_z > 0, "> 0"),
             ("permutations", self.permutations >= 1, ">= 1"),
             ("simulations", self.simulations >= 1, ">= 1"),
+        ]
+
+
+@dataclass(frozen=True)
+class ScreeningSection(Section):
+    name: ClassVar[str] = "screening"
+    hub_ids: list
+    directories: list
+
+    def rules(self):
+        def strings(values):
+            return all(isinstance(v, str) and v.strip() for v in values)
+
+        return [
+            ("hub_ids", strings(self.hub_ids), 'a list of hub ids or patterns, e.g. ["HuggingFaceTB/*"]'),
+            ("directories", strings(self.directories), 'a list of directories, e.g. ["/srv/models"]'),
         ]
 
 
@@ -336,6 +353,7 @@ class RunConfig(Section):
     model: ModelSection
     toy: ToySection
     plagiarism: PlagiarismSection
+    screening: ScreeningSection
     tokendiff: TokendiffSettings  # the token view owns its section (modeldiff.analysis.measures)
     annotate: AnnotateSection
 

@@ -1,7 +1,8 @@
 """Hugging Face models: a hub id or a directory written by save_pretrained, a GGUF file (dequantised once into the
 cache), their tokenizers, and the allowed token set of their input space.
 
-Loading never runs a repository's own code unless model.trust_remote_code is true.
+Loading never runs a repository's own code unless model.trust_remote_code is true, and with model.safetensors_only
+(which screening sets) never reads a pickle-based weight file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from modeldiff.method.space import InputSpace
 from .loaded import LoadedModel, cache_root, decode_digits, first_line, prepare, vocab_hash, vocab_limit
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.load / pickle formats
+SAFETENSORS_ONLY_HELP = (
+    "they can run code when loaded and are refused here (model.safetensors_only; screening always sets it): "
+    "save the model with save_pretrained, which writes safetensors, and register it again"
+)
 
 
 def dir_identity(path: Path) -> str:
@@ -111,12 +117,31 @@ def _hf_space(model, tokenizer, cfg) -> InputSpace:
     return InputSpace(int(sp.length), ids, bos)
 
 
+def _refuse_pickle(path: Path, ref: str):
+    """A local model for model.safetensors_only: no pickle-based file that transformers could fall back to, and no
+    config.json naming a weights file other than safetensors."""
+    found = sorted(f.name for f in path.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES)
+    if found:
+        raise ValueError(f"model {ref!r} holds pickle-based files ({', '.join(found[:3])}): {SAFETENSORS_ONLY_HELP}")
+    try:
+        named = json.loads((path / "config.json").read_text()).get("transformers_weights")
+    except (OSError, ValueError, AttributeError):
+        return  # transformers reports an unreadable config itself
+    if named is not None and not str(named).endswith((".safetensors", ".safetensors.index.json")):
+        raise ValueError(
+            f"model {ref!r} names the weights file {named!r}, which is not safetensors: {SAFETENSORS_ONLY_HELP}"
+        )
+
+
 def _from_pretrained(ref: str, cfg) -> tuple:
     """(model, tokenizer or None) of a hub id or local directory; raises OSError/ValueError if unloadable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     trust = bool(cfg.model.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(ref, trust_remote_code=trust)
+    # use_safetensors=None: safetensors if there, else a pickle-based file; True: safetensors or an error
+    model = AutoModelForCausalLM.from_pretrained(
+        ref, trust_remote_code=trust, use_safetensors=bool(cfg.model.safetensors_only) or None
+    )
     tokenizer = None
     local = Path(ref)
     has_tokenizer = not local.is_dir() or any((local / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
@@ -145,6 +170,8 @@ def _refuse_remote_code(ref: str, e: Exception):
 
 
 def load_dir(path: Path, cfg, identity: str, ref: str) -> LoadedModel:
+    if cfg.model.safetensors_only:
+        _refuse_pickle(path, ref)
     try:
         model, tokenizer = _from_pretrained(str(path), cfg)
     except (OSError, ValueError) as e:
@@ -225,6 +252,10 @@ def load_hub(ref: str, cfg) -> LoadedModel:
         model, tokenizer = _from_pretrained(ref, cfg)
     except (OSError, ValueError) as e:
         _refuse_remote_code(ref, e)
+        if cfg.model.safetensors_only and "safetensors" in str(e):
+            raise ValueError(
+                f"hub model {ref!r} has no safetensors weights, only pickle-based files: {SAFETENSORS_ONLY_HELP}"
+            ) from None
         raise ValueError(
             f"cannot load model {ref!r} ({first_line(e)}): it is neither a known model ref, "
             "a local directory, nor a reachable Hugging Face hub id; check the spelling, or "

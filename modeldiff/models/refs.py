@@ -168,19 +168,28 @@ MODEL_REFS.register(
 )
 
 
+def scheme_of(ref: str) -> str | None:
+    """The name of the first registered scheme that claims `ref`; None for a hub id (or a path that is no model)."""
+    return next((name for name, scheme in MODEL_REFS.items() if scheme.matches(ref)), None)
+
+
+def looks_like_path(ref: str) -> bool:
+    """An unclaimed ref that is meant as a local path rather than a hub id (`org/name`)."""
+    return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1
+
+
 def load_model(ref: str, cfg) -> LoadedModel:
     """The model `ref` names: the first registered scheme that claims it, else a Hugging Face hub id."""
     ref = str(ref).strip()
-    for _, scheme in MODEL_REFS.items():
-        if scheme.matches(ref):
-            return scheme.load(ref, cfg)
+    name = scheme_of(ref)
+    if name is not None:
+        return MODEL_REFS.get(name).load(ref, cfg)
     if ref.startswith(REGISTRY_PREFIX):
         raise ValueError(
             f"model {ref!r} is in an MLflow model registry, which only modeldiff's platform reads: "
             "run an entry point, or import modeldiff.platform before loading it"
         )
-    path = Path(ref).expanduser()
-    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+    if looks_like_path(ref):
         helps = [s.help for name, s in MODEL_REFS.items() if name not in ("gguf", "directory", REGISTRY_PREFIX)]
         raise ValueError(
             f"model {ref!r} is not a model directory: pass a directory written by save_pretrained, "

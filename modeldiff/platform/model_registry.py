@@ -6,16 +6,24 @@ loadable when the cache or the original directory is gone. Hub ids are registere
 The version's tags `modeldiff.ref`, `modeldiff.identity` and `modeldiff.tokenizer_hash` (the vocabulary hash, or
 for tokenizer-less toys a hash of their id range: `modeldiff.models.vocabulary_key`) let screening and run reuse work
 without downloading anything.
+
+Anyone who can register can write a version, so the screening service resolves versions under `screening_policy()`:
+a by-reference ref must be one the config's `screening` section allows (checked before anything is opened), and only
+safetensors weights load, without a repository's own code. A version whose ref leads back to itself is refused.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import mlflow
@@ -23,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from modeldiff.models import MODEL_REFS, LoadedModel, RefScheme, cache_root, load_model, vocabulary_key
-from modeldiff.models.refs import REGISTRY_PREFIX
+from modeldiff.models.refs import ALIASES, NOISE_REF, REGISTRY_PREFIX, looks_like_path, scheme_of
 
 from . import tracking
 
@@ -33,6 +41,10 @@ REF_FILE = "modeldiff_ref.json"
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))$")
 URI_HELP = "models:/<name>/<version> (e.g. models:/my-model/1) or models:/<name>@<alias>"
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+REGISTER_COPIED = "register the model with its weights copied (modeldiff register REF --name NAME, without --no-copy)"
+# the versions being resolved, outermost first (a ref may name another version)
+_RESOLVING: ContextVar[tuple[str, ...]] = ContextVar("modeldiff_resolving", default=())
+_SCREENING: ContextVar[bool] = ContextVar("modeldiff_screening", default=False)
 
 
 def _ref_info(ref: str, loaded: LoadedModel, copied: bool) -> dict:
@@ -152,10 +164,9 @@ def _download(version, identity: str) -> Path:
     return out
 
 
-def resolve_model_uri(uri: str) -> tuple[str, str]:
-    """(a local directory with the version's weights, or the original ref if registered by reference;
-    the version's identity)."""
-    version = get_version(uri)
+def _ref_of(uri: str, version) -> tuple[str, bool]:
+    """(the local download with the version's weights, or its original ref if registered by reference; whether
+    the weights were copied)."""
     identity = version.tags.get(IDENTITY_TAG)
     if not identity:
         raise ValueError(
@@ -165,26 +176,117 @@ def resolve_model_uri(uri: str) -> tuple[str, str]:
     local = _download(version, identity)
     try:
         info = json.loads((local / REF_FILE).read_text())
-    except (OSError, ValueError):
+        ref = info["ref"]
+        if not isinstance(ref, str):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(
-            f"{uri} has no readable model/{REF_FILE}: register the model again with modeldiff register REF --name NAME"
+            f"{uri} has no readable model/{REF_FILE} (a JSON object with the model's ref): register the model again "
+            "with modeldiff register REF --name NAME"
         ) from None
-    if info.get("copied") and (local / "config.json").exists():
-        return str(local), identity
-    return info["ref"], identity
+    if info.get("copied") is True and (local / "config.json").exists():
+        return str(local), True
+    return ref, False
 
 
-def _under(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
+def resolve_model_uri(uri: str) -> tuple[str, str]:
+    """(a local directory with the version's weights, or the original ref if registered by reference;
+    the version's identity)."""
+    version = get_version(uri)
+    return _ref_of(uri, version)[0], version.tags[IDENTITY_TAG]
+
+
+@contextmanager
+def screening_policy():
+    """Registry versions loaded inside this block are untrusted input (see the module's docstring)."""
+    token = _SCREENING.set(True)
+    try:
+        yield
+    finally:
+        _SCREENING.reset(token)
+
+
+def _listed(values) -> str:
+    return ", ".join(map(str, values)) if values else "none"
+
+
+def check_by_reference(uri: str, ref: str, allowed) -> None:
+    """Raises a ValueError unless screening may open `ref`, which the by-reference version `uri` names; `allowed` is
+    the config's `screening` section. Opens nothing: a path is only resolved."""
+    if ref.startswith(REGISTRY_PREFIX):
+        return  # another version: checked in turn when it resolves
+    noise = NOISE_REF.match(ref)
+    if noise:
+        return check_by_reference(uri, noise["base"], allowed)
+    kind = scheme_of(ref)
+    if kind in ("toy", *ALIASES):  # trained in-process, or shipped with the host
+        return
+    if kind in ("gguf", "directory") or (kind is None and looks_like_path(ref)):
+        path = Path(ref).expanduser().resolve()
+        if any(path.is_relative_to(Path(d).expanduser().resolve()) for d in allowed.directories):
+            return
+        raise ValueError(
+            f"{uri} was registered by reference to the path {ref!r}, outside the directories screening may open "
+            f"(screening.directories: {_listed(allowed.directories)}): {REGISTER_COPIED}, or have the screening "
+            "service's operator add its directory to screening.directories"
+        )
+    if kind is None:
+        if any(fnmatchcase(ref, pattern) for pattern in allowed.hub_ids):
+            return
+        raise ValueError(
+            f"{uri} was registered by reference to the hub id {ref!r}, which screening may not load "
+            f"(screening.hub_ids: {_listed(allowed.hub_ids)}): {REGISTER_COPIED}, or have the screening service's "
+            "operator add it to screening.hub_ids"
+        )
+    raise ValueError(
+        f"{uri} was registered by reference to {ref!r} ({kind} ref), which screening does not open: {REGISTER_COPIED}"
+    )
+
+
+def _screening_cfg(cfg):
+    """The config a screened version loads with: safetensors only, no repository code."""
+    cfg = copy.deepcopy(cfg)
+    cfg.model.safetensors_only, cfg.model.trust_remote_code = True, False
+    return cfg
+
+
+def _refers_to_itself(chain: tuple[str, ...], key: str) -> ValueError:
+    loop = chain[chain.index(key) :]
+    through = f" through {' -> '.join(loop[1:])}" if len(loop) > 1 else ""
+    return ValueError(
+        f"{key} refers to itself{through} (it was registered by reference to a registry URI that leads back to it), "
+        f"so it names no weights: {REGISTER_COPIED}"
+    )
 
 
 def _load_registered(ref: str, cfg) -> LoadedModel:
     """A registry version loads from its downloaded copy (identity: the version's tag, which a download's file
     times would otherwise change) or, registered by reference, from its original ref (which must still load
     the registered model)."""
-    source, identity = resolve_model_uri(ref)
-    loaded = load_model(source, cfg)
-    copied = _under(Path(source), cache_root() / "registry")
+    version = get_version(ref)
+    key, chain = f"{REGISTRY_PREFIX}{version.name}/{version.version}", _RESOLVING.get()
+    if key in chain:
+        raise _refers_to_itself(chain, key)
+    token = _RESOLVING.set((*chain, key))
+    try:
+        return _load_version(ref, version, cfg)
+    finally:
+        _RESOLVING.reset(token)
+
+
+def _load_version(ref: str, version, cfg) -> LoadedModel:
+    source, copied = _ref_of(ref, version)
+    identity = version.tags[IDENTITY_TAG]
+    if _SCREENING.get():
+        if not copied:
+            check_by_reference(ref, source, cfg.screening)
+        cfg = _screening_cfg(cfg)
+    try:
+        loaded = load_model(source, cfg)
+    except ValueError as e:
+        if str(e).startswith(REGISTRY_PREFIX):  # names a version already (a nested one)
+            raise
+        raise ValueError(f"{ref}: {e}") from None
     if not copied and loaded.identity != identity:
         raise ValueError(
             f"{ref} was registered by reference to {source!r}, which now loads a different model "

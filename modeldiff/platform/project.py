@@ -68,7 +68,9 @@ def _entry(stage: Stage, accelerate_config: str) -> str:
     launch = "python"
     if stage.launcher == "accelerate":
         lines.append(f"      accelerate_config: {{type: string, default: {accelerate_config}}}")
-        launch = "accelerate launch --config_file {accelerate_config}"
+        # --quiet: a failed process's own one-line error is the whole story (without it Accelerate re-raises it
+        # inside a CalledProcessError traceback)
+        launch = "accelerate launch --quiet --config_file {accelerate_config}"
     if any(p.equals for p in stage.params):
         lines.append("    # --name={value}: a value such as -1,-0.6 would otherwise read as an option")
     lines.append(f'    command: "{launch} -m entrypoints.{stage.name} {" ".join(args)}"')

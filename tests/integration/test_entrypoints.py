@@ -2,6 +2,7 @@
 and bad input. Everything goes to a temporary SQLite store, artifact root and model cache."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -115,11 +116,35 @@ def test_bad_input_is_one_line_and_exits_2(store, chain, capsys, tmp_path):
     _fails(capsys, main, ["--overrides", OVERRIDES, "--model_b", str(tmp_path / "v8")], "are not comparable")
 
 
+MLFLOW_LOG = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) mlflow")  # `mlflow run`'s own lines
+
+
+def ours(res) -> list[str]:
+    """What an entry point printed under `mlflow run`, without MLflow's own log lines."""
+    return [line for line in (res.stdout + res.stderr).splitlines() if line.strip() and not MLFLOW_LOG.match(line)]
+
+
 def test_mlflow_run_with_bad_input_fails_the_run(store):
     res = mlflow_run(store, "cross_eval", outdist_run="not-a-run", other_model="toy:large")
     assert res.returncode != 0
-    assert "modeldiff: error: run 'not-a-run' does not exist" in res.stderr
+    assert ours(res) == [ours(res)[0]] and ours(res)[0].startswith("modeldiff: error: run 'not-a-run' does not exist")
     assert runs_of(store, "cross_eval")[0].info.status == "FAILED"
+
+
+@pytest.mark.parametrize("case", ["unknown model", "mismatched tokenizers"])
+def test_mlflow_run_main_with_bad_input_prints_one_line(store, chain, tmp_path, case):
+    """`main` runs under `accelerate launch`, which must not wrap the error in tracebacks: an error at the start and
+    one after both models loaded (every DESIGN §5 case is one line in-process: test_bad_input_is_one_line_and_exits_2;
+    each mlflow run costs about 30 s)."""
+    make_toy_model(ToyTask(5, 8, 10), n_embd=16, n_head=2, n_layer=1).save_pretrained(tmp_path / "v8")
+    params, match = {
+        "unknown model": ({"model_a": "no/such/model/here"}, "is not a model directory"),
+        "mismatched tokenizers": ({"overrides": OVERRIDES, "model_b": str(tmp_path / "v8")}, "are not comparable"),
+    }[case]
+    res = mlflow_run(store, "main", **params)
+    lines = ours(res)
+    assert res.returncode != 0 and len(lines) == 1 and lines[0].startswith("modeldiff: error: "), lines
+    assert match in lines[0]
 
 
 def test_two_processes_give_the_one_process_result(store, chain):

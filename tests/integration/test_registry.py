@@ -11,8 +11,17 @@ from mlflow.tracking import MlflowClient
 from modeldiff import cli
 from modeldiff.config import load_config
 from modeldiff.models import check_comparable, load_model, vocabulary_key
-from modeldiff.platform.model_registry import IDENTITY_TAG, REF_TAG, TOKENIZER_TAG, register_model, resolve_model_uri
+from modeldiff.platform.model_registry import (
+    IDENTITY_TAG,
+    REF_TAG,
+    TOKENIZER_TAG,
+    check_by_reference,
+    register_model,
+    resolve_model_uri,
+    screening_policy,
+)
 from support import TINY, logits
+from support.registry import by_reference, craft_version
 
 
 @pytest.fixture
@@ -114,3 +123,52 @@ def test_cli_register(registry, capsys):
     with pytest.raises(SystemExit):
         cli.main(["register", "toy:small", "--name", "a/b", "--config", "toy", "--overrides", TINY])
     assert "choose a name without '/'" in capsys.readouterr().err
+
+
+def test_screening_limits_what_a_by_reference_version_opens(registry, cache, tmp_path):
+    """Under screening_policy() a by-reference version's ref is checked against the config's `screening` section before
+    anything is opened, and only safetensors weights load; outside it, a user's own registry loads as before."""
+    cfg = load_config("toy", TINY)
+    toy_dir = load_model("toy:small", cfg).path
+    models = tmp_path / "models"
+    shutil.copytree(toy_dir, models / "toy")
+    register_model(str(models / "toy"), "local", cfg, copy=False)
+    local = MlflowClient().get_model_version("local", "1").tags
+    craft_version("hub", by_reference("some-org/some-model"), local[TOKENIZER_TAG])
+    with screening_policy():
+        with pytest.raises(
+            ValueError,
+            match=r"^models:/local/1 was registered by reference to the path '.*/models/toy', outside the directories "
+            r"screening may open \(screening.directories: none\): register the model with its weights copied",
+        ):
+            load_model("models:/local/1", cfg)
+        allowed = load_config("toy", TINY + f" screening.directories=[{models}]")
+        assert load_model("models:/local/1", allowed).identity == local[IDENTITY_TAG]
+        with pytest.raises(ValueError, match=r"hub id 'some-org/some-model', which screening may not load"):
+            load_model("models:/hub/1", cfg)
+        hubs = load_config("toy", TINY + " screening.hub_ids=[some-org/*]").screening
+        assert check_by_reference("models:/hub/1", "some-org/some-model", hubs) is None  # allowed (no hub here to load)
+        assert check_by_reference("models:/x/1", "noise:1e-3:toy:small", cfg.screening) is None
+        with pytest.raises(ValueError, match=r"registered by reference to the path '/etc'"):
+            check_by_reference("models:/x/1", "noise:1e-3:/etc", hubs)
+        # pickle-based weights in an allowed directory: refused before transformers opens them
+        from safetensors.torch import load_file
+
+        torch.save(load_file(models / "toy" / "model.safetensors"), models / "toy" / "pytorch_model.bin")
+        (models / "toy" / "model.safetensors").unlink()
+        with pytest.raises(ValueError, match=r"^models:/local/1: model '.*' holds pickle-based files"):
+            load_model("models:/local/1", allowed)
+
+
+def test_a_version_that_refers_to_itself_is_one_line(registry):
+    cfg = load_config("toy", TINY)
+    craft_version("loop", by_reference("models:/loop/1"), "ids:x")
+    with pytest.raises(ValueError, match=r"^models:/loop/1 refers to itself \(it was registered by reference to a "):
+        load_model("models:/loop/1", cfg)
+    craft_version("ping", by_reference("models:/pong/1"), "ids:x")
+    craft_version("pong", by_reference("noise:1e-3:models:/ping/1"), "ids:x")
+    with (
+        screening_policy(),
+        pytest.raises(ValueError, match=r"^models:/ping/1 refers to itself through models:/pong/1 \(it was registered"),
+    ):
+        load_model("models:/ping/1", cfg)

@@ -39,10 +39,10 @@ def get_json(url: str) -> dict | None:
         return None
 
 
-def post(url: str, body: bytes, headers: dict) -> int:
+def post(url: str, body: bytes, headers: dict, timeout: float = 10.0) -> int:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -54,3 +54,29 @@ def get_json_ok(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def open_request(port: int, head: bytes, timeout: float = 10.0) -> socket.socket:
+    """A connection to 127.0.0.1:port that has sent `head` (a request line and headers, or part of them)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(head)
+    return sock
+
+
+def read_status(sock: socket.socket) -> int | None:
+    """The HTTP status answered on `sock`; None if the server closed it without an answer."""
+    data = b""
+    while b"\r\n" not in data and len(data) < 65536:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split()[1]) if data.startswith(b"HTTP/") else None
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")

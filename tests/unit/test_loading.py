@@ -340,3 +340,25 @@ def test_no_remote_code_unless_the_config_says_so(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 trusted: the switch reaches transformers, which runs the (useless) code
         load_model(str(lm), load_config("toy", REAL + " model.trust_remote_code=true"))
     assert marker.exists()
+
+
+def test_safetensors_only_refuses_pickle_based_weights(tmp_path):
+    """model.safetensors_only (screening sets it): a directory with a pickle-based weights file, or a config naming a
+    weights file that is not safetensors, is refused before transformers opens anything; safetensors still load."""
+    from safetensors.torch import load_file
+
+    safe = load_config("toy", REAL + " model.safetensors_only=true")
+    lm = save_tiny_lm(tmp_path / "lm")
+    assert load_model(str(lm), safe).model is not None
+    config = json.loads((lm / "config.json").read_text())
+    (lm / "config.json").write_text(json.dumps({**config, "transformers_weights": "weights.data"}))
+    with pytest.raises(ValueError, match=r"names the weights file 'weights\.data', which is not safetensors"):
+        load_model(str(lm), safe)
+    (lm / "config.json").write_text(json.dumps(config))
+    torch.save(load_file(lm / "model.safetensors"), lm / "pytorch_model.bin")
+    (lm / "model.safetensors").unlink()
+    with pytest.raises(
+        ValueError, match=r"holds pickle-based files \(pytorch_model\.bin\): they can run code when loaded"
+    ):
+        load_model(str(lm), safe)
+    assert load_model(str(lm), load_config("toy", REAL)).model is not None  # the default still reads it

@@ -38,7 +38,8 @@ def test_mlproject_entry_points_follow_the_contract():
         "tokendiff": {"model_a", "model_b", "corpus", "column", "text", "measure"},
         "annotate": {"cross_eval_run", "window", "scores"},
     }
-    launcher = {"main": "accelerate launch --config_file {accelerate_config} "}  # the chain can scale out
+    # the chain can scale out; --quiet: a user error stays one line
+    launcher = {"main": "accelerate launch --quiet --config_file {accelerate_config} "}
     eps = project["entry_points"]
     assert set(eps) == set(expected)
     for name, params in expected.items():

@@ -26,7 +26,15 @@ from modeldiff.analysis.relatedness import Relatedness, spearman_p, weight_relat
 from modeldiff.config import load_config
 from modeldiff.method.toy import ToyTask, make_toy_model, train_toy_model
 from modeldiff.models.derive import add_weight_noise
-from modeldiff.platform.screening import DeliveryLog, DeliveryRejected, check_delivery, signature
+from modeldiff.platform.screening import (
+    DeliveryLog,
+    DeliveryRejected,
+    check_delivery,
+    content_length,
+    created_version,
+    failure_reason,
+    signature,
+)
 
 TASK = ToyTask(length=5, vocab_size=6, modulus=10)
 
@@ -221,6 +229,11 @@ def test_screening_names_the_strongest_parent():
     )
     assert screening_verdict([("models:/m/1", _report("independent", p=0.4))])[:2] == ("independent", "")
     assert screening_verdict([])[0] == "independent"
+    # a counterpart that could not be compared: no finding is no evidence of independence; a finding stands
+    only_independent = [("models:/m/1", _report("independent", p=0.4))]
+    verdict, counterpart, stat = screening_verdict(only_independent, {"models:/bad/1": "cannot load"})
+    assert (verdict, counterpart) == ("inconclusive", "") and stat["not_compared"] == ["models:/bad/1"]
+    assert screening_verdict(results, {"models:/bad/1": "x"})[:2] == ("suspected_copy_of", "models:/m/3")
 
 
 # ---- webhook deliveries ----
@@ -253,9 +266,11 @@ def test_check_delivery_accepts_authentic_and_rejects_forged_stale_or_incomplete
     assert e.value.status == 401
     with pytest.raises(DeliveryRejected, match="signature"):  # a body changed after signing
         check_delivery(headers, raw.replace(b'"1"', b'"2"'), SECRET, now=1_700_000_010, tolerance=300)
-    with pytest.raises(DeliveryRejected, match="stale") as e:
+    with pytest.raises(DeliveryRejected, match=r"stale delivery: timestamp -301 s from now") as e:
         check_delivery(headers, raw, SECRET, now=1_700_000_000 + 301, tolerance=300)
     assert e.value.status == 401
+    with pytest.raises(DeliveryRejected, match=r"stale delivery: timestamp \+400 s from now"):  # from the future
+        check_delivery(headers, raw, SECRET, now=1_700_000_000 - 400, tolerance=300)
     with pytest.raises(DeliveryRejected, match="missing"):
         check_delivery({k: v for k, v in headers.items() if "Signature" not in k}, raw, SECRET, 1_700_000_000, 300)
 
@@ -266,3 +281,57 @@ def test_delivery_log_remembers_ids_across_restarts(tmp_path):
     log.release("b")
     again = DeliveryLog(tmp_path / "d.sqlite", tolerance=300)
     assert not again.claim("a") and again.claim("b")
+
+
+def test_content_length_is_strict():
+    from email.message import Message
+
+    def headers(*pairs):
+        m = Message()
+        for k, v in pairs:
+            m[k] = v
+        return m
+
+    assert content_length(headers(("Content-Length", "17"))) == 17
+    for pairs, status in [
+        ((("Content-Length", "-1"),), 400),
+        ((("Content-Length", "abc"),), 400),
+        ((("Content-Length", "+5"),), 400),
+        ((("Content-Length", str((1 << 20) + 1)),), 413),
+        ((), 411),
+        ((("Content-Length", "5"), ("Content-Length", "7")), 400),
+        ((("Transfer-Encoding", "chunked"),), 411),
+    ]:
+        with pytest.raises(DeliveryRejected) as e:
+            content_length(headers(*pairs))
+        assert e.value.status == status, (pairs, e.value.reason)
+
+
+@pytest.mark.parametrize("body", [[], "x", None, 3])
+def test_a_body_that_is_json_but_not_an_object_is_400(body):
+    headers, raw = _delivery(body)
+    with pytest.raises(DeliveryRejected, match="not an object") as e:
+        check_delivery(headers, raw, SECRET, now=1_700_000_000, tolerance=300)
+    assert e.value.status == 400
+
+
+def test_created_version_reads_the_event():
+    event = {"entity": "model_version", "action": "created"}
+    assert created_version({**event, "data": {"name": "m", "version": "3"}}) == ("m", "3")
+    assert created_version({**event, "data": {"name": "m", "version": 3}}) == ("m", "3")
+    assert created_version({"entity": "registered_model", "action": "created", "data": []}) is None
+    for data in ([], {"name": "m"}, {"name": "", "version": "1"}, {"name": "m", "version": "1; drop"}):
+        with pytest.raises(DeliveryRejected, match="needs data.name") as e:
+            created_version({**event, "data": data})
+        assert e.value.status == 400
+
+
+def test_failure_reason_is_the_jobs_one_line_error_and_what_to_do(tmp_path):
+    log = tmp_path / "m-1.log"
+    lines = ["loading", "modeldiff: error: models:/m/1 refers to itself ...: register the model with its weights"]
+    reason = failure_reason(lines, 2, None, "models:/m/1", log)
+    assert reason.startswith("models:/m/1 refers to itself ...: register the model with its weights (log: ")
+    assert reason.endswith("then rerun: modeldiff screen run models:/m/1)") and "\n" not in reason
+    crashed = failure_reason(["Traceback (most recent call last):", "KeyError: 'x'"], 1, None, "models:/m/1", log)
+    assert crashed.startswith("the job crashed (exit code 1; last line of its log: \"KeyError: 'x'\"): a bug")
+    assert failure_reason(lines, -9, 600, "models:/m/1", log).startswith("the job ran longer than --job-timeout 600 s")

@@ -21,7 +21,7 @@ from modeldiff.views import plots
 
 from .. import screening, tracking
 from ..chain import pair_tags, run_steps
-from ..model_registry import IDENTITY_TAG, safe_name
+from ..model_registry import IDENTITY_TAG, safe_name, screening_policy
 from ..runtime import Dist
 from . import STAGE
 
@@ -101,8 +101,14 @@ def _describe(rep: dict) -> str:
     return f"{rep['verdict']} ({rep['reason']})"
 
 
+# a counterpart that fails to load or compare (unreadable, refused by the screening policy, another vocabulary, a
+# model whose scores break the sampler) is skipped and reported; a registry that is down fails the job (MlflowException)
+COUNTERPART_ERRORS = (ValueError, OSError, FloatingPointError, RuntimeError)
+
+
 def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
-    """Every counterpart in turn (each loaded, compared, released); the version's lineage tags at the end."""
+    """The version (loaded first: one that cannot be loaded fails its screening), then every counterpart in turn
+    (each loaded, compared, released), all as untrusted registry input; the version's lineage tags at the end."""
     version = screening.parse_version(uri)
     counterparts = dist.broadcast(screening.counterparts(version) if dist.is_main else None)
     run = mlflow.active_run() if dist.is_main else None
@@ -114,22 +120,25 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
                 screening.SCREENED_TAG: screening.version_key(version),
             }
         )
-    results, new = [], None
-    for other_uri, same_identity in counterparts:
-        if same_identity:  # registered twice: the same weights, nothing to sample
-            results.append((other_uri, screening.identical_report(other_uri, uri)))
-            continue
+    results, skipped = [], {}
+    with screening_policy():
         with dist.main_first():
-            new = new or load_model(uri, cfg)  # loaded once, and only if something needs comparing
-            other = load_model(other_uri, cfg)
-        rep, _ = check_pair(cfg, dist, other, new, run.info.experiment_id if run else None)
-        if run:
-            mlflow.log_dict(rep, f"pairs/{safe_name(other_uri.removeprefix('models:/'))}.json")
-            results.append((other_uri, rep))
-        del other
+            new = load_model(uri, cfg)
+        for other_uri, same_identity in counterparts:
+            if same_identity:  # registered twice: the same weights, nothing to sample
+                results.append((other_uri, screening.identical_report(other_uri, uri)))
+                continue
+            try:
+                rep = _compare(cfg, dist, other_uri, new, run)
+            except COUNTERPART_ERRORS as e:
+                skipped[other_uri] = " ".join(str(e).split())[:500] or type(e).__name__
+                print(f"modeldiff: {uri}: skipped the counterpart {other_uri}: {skipped[other_uri]}")
+                continue
+            if run:
+                results.append((other_uri, rep))
     if not run:
         return None
-    verdict, counterpart, stat = screening_verdict(results)
+    verdict, counterpart, stat = screening_verdict(results, skipped)
     body = {
         "version": uri,
         "verdict": verdict,
@@ -137,15 +146,27 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
         "statistic": stat,
         "counterparts": [c for c, _ in counterparts],
         "pairs": {c: {k: r[k] for k in ("verdict", "copy", "direction_evidence", "reason")} for c, r in results},
+        "skipped": skipped,
     }
     mlflow.log_dict(body, "plagiarism.json")
     mlflow.set_tags({"modeldiff.verdict": verdict, "modeldiff.counterpart": counterpart})
-    screening.write_lineage(uri, verdict, counterpart, stat, run.info.run_id)
+    screening.write_lineage(uri, verdict, counterpart, stat, run.info.run_id, skipped)
     print(
         f"modeldiff: {uri}: {verdict}{' ' + counterpart if counterpart else ''} "
-        f"({len(counterparts)} registered model(s) compared)"
+        f"({len(results)} registered model(s) compared, {len(skipped)} skipped)"
     )
     return body
+
+
+def _compare(cfg, dist: Dist, other_uri: str, new: LoadedModel, run) -> dict:
+    """One counterpart against the new version: the pair's report (logged under pairs/)."""
+    with dist.main_first():
+        other = load_model(other_uri, cfg)
+    check_comparable(other, new)
+    rep, _ = check_pair(cfg, dist, other, new, run.info.experiment_id if run else None)
+    if run:
+        mlflow.log_dict(rep, f"pairs/{safe_name(other_uri.removeprefix('models:/'))}.json")
+    return rep
 
 
 def run(cfg, dist: Dist, args) -> dict | None:
