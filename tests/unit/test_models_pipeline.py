@@ -19,7 +19,7 @@ TINY = (
     "toy.archs.small.n_embd=16 toy.archs.small.n_head=2 toy.archs.small.n_layer=1 "
     "toy.archs.large.n_embd=16 toy.archs.large.n_head=2 toy.archs.large.n_layer=2 "
     "z_range=[1.0,1.6] sampler.n_temperatures=6 sampler.ladders=4 sampler.steps=150 sampler.burn_in=50 "
-    "reweighting.n_bootstrap=5 cross_eval.n_draws=500"
+    "uncertainty.n_replicates=40 cross_eval.n_draws=500"
 )
 
 
@@ -101,11 +101,25 @@ def test_process_split_equals_one_process(cfg):
     sharded = pipeline.cross_eval(cfg, od_whole, a, b, "A", shard=one)
     pd.testing.assert_frame_equal(single, sharded)
 
-    ba = pipeline.cross_eval(cfg, pipeline.sample_outdist(cfg, b), b, a, "B")
-    ratio, sweep = pipeline.normalize(cfg, single, ba)
-    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range"} and ratio["ratio"][0] == 1.0
+    # stage 1's replicates do not depend on how the ladders were split either
+    rep_whole = pipeline.cross_eval_replicates(cfg, od_whole, single, "A")
+    np.testing.assert_allclose(
+        pipeline.cross_eval_replicates(cfg, od_joined, single, "A").ln_f, rep_whole.ln_f, atol=1e-6
+    )
+
+    od_b = pipeline.sample_outdist(cfg, b)
+    ba = pipeline.cross_eval(cfg, od_b, b, a, "B")
+    ratio, sweep = pipeline.normalize(cfg, single, ba, rep_whole, pipeline.cross_eval_replicates(cfg, od_b, ba, "B"))
+    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range", "ci", "std"} and ratio["ratio"][0] == 1.0
+    assert ratio["ci"]["ratio"][0] == [1.0, 1.0] and ratio["counts"]["n_units_A"] == cfg.sampler.ladders
     assert sweep["lambda"].iloc[0] == 0.0
-    for fig in (plots.rho_z_figure(od_whole), plots.d_hist_figure(single), plots.d_overlay_figure(single, ba, 0.01)):
+    figures = (
+        plots.rho_z_figure(od_whole),
+        plots.d_hist_figure(single),
+        plots.d_overlay_figure(single, ba, 0.01),
+        plots.d_overlay_figure(single, ba, ratio=ratio),
+    )
+    for fig in figures:
         assert fig.axes and fig.axes[0].get_xlabel()
 
 
