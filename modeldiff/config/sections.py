@@ -163,7 +163,7 @@ class SamplerSection(Section):
         return [
             ("t_min", 0 < self.t_min <= self.t_max, "> 0 and <= sampler.t_max"),
             ("n_temperatures", self.n_temperatures >= 1, ">= 1"),
-            ("ladders", self.ladders >= 1, ">= 1"),
+            ("ladders", self.ladders >= 2, ">= 2 (the ladders are the independent units the intervals resample)"),
             ("burn_in", 0 <= self.burn_in < self.steps, ">= 0 and < sampler.steps"),
             ("thin", self.thin >= 1, ">= 1"),
             ("swap_every", self.swap_every >= 1, ">= 1"),

@@ -267,10 +267,14 @@ def resampled_weights(counts: np.ndarray, ln_f: np.ndarray, rng: np.random.Gener
     """[R, n_cat]: categories (distinct inputs, each standing for `counts` draws) resampled as n draws are,
     n ~ Multinomial(Σcounts, counts/Σcounts), times each replicate's f (scaled per replicate: only ratios count)."""
     counts = np.asarray(counts, dtype=np.float64)
-    n_rep = ln_f.shape[1]
-    resampled = rng.multinomial(int(counts.sum()), counts / counts.sum(), size=n_rep).astype(np.float64)
+    resampled = rng.multinomial(int(counts.sum()), counts / counts.sum(), size=ln_f.shape[1]).astype(np.float64)
+    return resampled * scaled_factors(ln_f)
+
+
+def scaled_factors(ln_f: np.ndarray) -> np.ndarray:
+    """[R, n] f scaled by each replicate's largest (ratios are all that count; nothing overflows)."""
     top = np.max(ln_f, axis=0, keepdims=True)
-    return resampled * np.exp(ln_f - np.where(np.isfinite(top), top, 0.0)).T
+    return np.exp(ln_f - np.where(np.isfinite(top), top, 0.0)).T
 
 
 def _by_input(draws: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -301,7 +305,7 @@ def side_term_replicates(
     ln_f = replicates.of_draws(reps)
     weights = {
         "total": resampled_weights(counts, ln_f, rng_for(seed, STREAM_STAGE2, side[0])),
-        "stage1": counts * np.exp(ln_f - np.max(ln_f, axis=0, keepdims=True)).T,
+        "stage1": counts * scaled_factors(ln_f),
         "point": counts[None, :].astype(np.float64),
     }
     masks = side_masks(first["D"].to_numpy(np.float64), lam, side)
@@ -329,11 +333,13 @@ def welch_dof(total: np.ndarray, parts: list[tuple[np.ndarray, int]]) -> float:
     """Welch–Satterthwaite degrees of freedom of the replicates' variance: each part (a side's stage-1-only
     replicates, with its U − 1 degrees of freedom) enters with its share; stage 2's draws count as infinitely many.
     Never fewer than the fewest a part has."""
-    finite = lambda x: x[np.isfinite(x)]  # noqa: E731
-    v_total = np.var(finite(total))
-    denominator = sum(np.var(finite(x)) ** 2 / (units - 1) for x, units in parts)
-    dof = v_total**2 / denominator if denominator > 0 else np.inf
-    return max(dof, min(units - 1 for _, units in parts))
+    fewest = min(units - 1 for _, units in parts)
+    spread = lambda x: np.var(x[np.isfinite(x)]) if np.isfinite(x).sum() > 1 else np.nan  # noqa: E731
+    v_total, v_parts = spread(total), [spread(x) for x, _ in parts]
+    if not np.isfinite([v_total, *v_parts]).all():
+        return fewest
+    denominator = sum(v**2 / (units - 1) for v, (_, units) in zip(v_parts, parts))
+    return max(v_total**2 / denominator, fewest) if denominator > 0 else np.inf
 
 
 def interval(point: float, samples, level: float, dof: float = np.inf, floor: float | None = 0.0) -> list:
