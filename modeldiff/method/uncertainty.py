@@ -1,17 +1,23 @@
 """Intervals for every result of one run: resample stage 1's independent units through stage 2.
 
 Stage 1's independent units are the ladders of parallel tempering or the blocks of ancestral samples: draws of one
-input, records of one chain, are not independent evidence. A replicate resamples the units with multiplicities
-m_u ~ Multinomial(U, 1/U) and rebuilds what stage 2 drew from: ρ̃_m per bin (tempering: WHAM re-solved on the
-resampled per-ladder histograms; ancestral: Σ_u m_u ρ_u) and each representative's weight w_m(x).
+input, records of one chain, are not independent evidence. A replicate resamples the units (U − 1 draws from U, so
+the replicates' variance of a mean is the unbiased s²/U rather than (U−1)/U of it) and rebuilds what stage 2 drew
+from: ρ̃_m per bin (tempering: WHAM re-solved on the resampled per-ladder histograms; ancestral: Σ_u m_u ρ_u) and
+each representative's weight w_m(x).
 
 Stage 2 drew each representative with probability p(x) = P(bin of x) · w(x) / W(bin), bins ∝ ρ̃ inside Z and
-W(bin) = Σ w over the bin's representatives; the replicate's p_m follows from ρ̃_m and w_m the same way. The draws
-already made estimate the replicate's terms by importance reweighting with f_m(x) = p_m(x) / p(x), and resampling
-the draws multinomially within the replicate adds stage 2's own noise: a term #{draws: a} / #{draws: b} becomes
+W(bin) = Σ w over the bin's representatives (only approximately ∝ w(x) overall: ρ̃ comes from WHAM's fine grid, w
+from each input's exact z); the replicate's p_m follows from ρ̃_m and w_m the same way. The draws already made
+estimate the replicate's terms by importance reweighting with f_m(x) = p_m(x) / p(x), and resampling the draws
+multinomially within the replicate adds stage 2's own noise: a term #{draws: a} / #{draws: b} becomes
 Σ n_i f_m(x_i) a_i / Σ n_i f_m(x_i) b_i with n ~ Multinomial(n, 1/n). Sides A and B are independent stage-1 runs,
-resampled independently. Intervals are the percentiles of the replicates (they follow the skew of ratios, and no
-normal approximation is needed); all-ones multiplicities and no resampling give the point estimate back exactly.
+resampled independently. All-ones multiplicities and no resampling give the point estimate back exactly.
+
+Intervals are the replicates' percentile intervals (they follow the skew of ratios), their distances from the
+estimate widened by t_ν / z: a spread estimated from U units has U − 1 degrees of freedom, which a plain percentile
+interval ignores (it undercovers with few units); ν comes from each side's stage-1 share of the spread
+(Welch–Satterthwaite), stage 2's thousands of draws counting as infinitely many.
 
 Effective sample sizes count independent inputs (Kish over distinct inputs, each weighted by its draws) and units
 (Kish over the units' shares of the draws), never draws.
@@ -29,7 +35,8 @@ from scipy.stats import t as student_t
 from .normalize import TERMS, side_masks
 from .reweighting import log_weights, logsumexp, wham
 
-# a bootstrap over fewer independent units than this undercovers badly (few distinct resamples, variance ×(U−1)/U)
+# below this many independent units an interval rests on a few distinct resamples and a t with < 7 degrees of
+# freedom: too fragile to trust without a warning
 MIN_UNITS = 8
 REPLICATES_FILE = "replicates.npz"
 # independent random streams of one config seed: (seed, stream, side)
@@ -92,8 +99,7 @@ class _Tempering:
                 "this output distribution has no per-ladder histograms (it was sampled before intervals "
                 "existed): run sample_outdist again"
             )
-        unit, replica, sub_bin, self.count = od.unit_hist.T
-        self.unit, self.replica = unit, replica
+        self.unit, self.replica, sub_bin, self.count = od.unit_hist.T
         sub = int(od.meta["solver_subdivisions"])
         fine = np.linspace(od.edges[0], od.edges[-1], (len(od.edges) - 1) * sub + 1)
         occupied, self.cell = np.unique(sub_bin, return_inverse=True)

@@ -241,3 +241,5 @@ def test_config_checks_the_replicates_and_names_the_renamed_key():
         load_config("toy", "uncertainty.level=1.0")
     with pytest.raises(ConfigError, match="'reweighting.n_bootstrap' in overrides is now 'uncertainty.n_replicates'"):
         load_config("toy", "reweighting.n_bootstrap=50")
+    with pytest.raises(ConfigError, match="'sampler.ladders' must be >= 2 \\(the ladders are the independent units"):
+        load_config("toy", "sampler.ladders=1")
