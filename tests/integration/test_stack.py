@@ -274,6 +274,6 @@ def test_down_stops_every_process_and_up_again_keeps_the_data(live, chains, line
     client = MlflowClient()
     for parent_id in chains.values():
         assert client.get_run(parent_id).info.status == "FINISHED"
-        assert set(ratio_of(parent_id)) == {"lambda", "terms", "ratio", "counts", "D_range"}
+        assert set(ratio_of(parent_id)) == {"lambda", "terms", "ratio", "counts", "D_range", "ci", "std"}
     assert client.get_model_version("suspect", "1").tags == lineage["suspect"]
     assert len([w for w in client.list_webhooks() if w.name == WEBHOOK_NAME]) == 1  # updated, not duplicated
