@@ -39,7 +39,7 @@ SIGMAS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 # the trained-toy regime: Z around the valid sequences (entropy ln(7776/10)/5 ≈ 1.33), models near convergence
 OVERRIDES = (
     "z_range=[1.3,1.45] toy.train_steps=800 sampler.ladders=8 sampler.steps=400 sampler.burn_in=100 "
-    "reweighting.n_bootstrap=0 cross_eval.n_draws=2000"
+    "uncertainty.n_replicates=40 cross_eval.n_draws=2000"
 )
 
 

@@ -23,6 +23,7 @@ from modeldiff.method.normalize import lambda_sweep, ratio_from_frames
 from modeldiff.method.outdist import OutputDistribution, build_output_distribution
 from modeldiff.method.scoring import Scorer
 from modeldiff.method.tempering import Checkpointing, TemperingResult, TemperingSettings, run_parallel_tempering
+from modeldiff.method.uncertainty import SideReplicates, ratio_uncertainty, side_replicates
 from modeldiff.models import LoadedModel, check_comparable
 from modeldiff.views import tokenview
 
@@ -75,7 +76,8 @@ def build_outdist(cfg, loaded: LoadedModel, result: TemperingResult | AncestralR
         loaded.space,
         tuple(cfg.z_range),
         float(cfg.bins.width),
-        n_bootstrap=int(cfg.reweighting.n_bootstrap),
+        n_replicates=int(cfg.uncertainty.n_replicates),
+        level=float(cfg.uncertainty.level),
         seed=int(cfg.seed),
         decode=loaded.decode,
     )
@@ -114,9 +116,29 @@ def cross_eval(
     )
 
 
-def normalize(cfg, ab: pd.DataFrame, ba: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-    """ratio.json's record at λ = cfg.lambda, and the λ sweep."""
-    ratio = ratio_from_frames(ab, ba, float(cfg["lambda"]))
+def cross_eval_replicates(cfg, od: OutputDistribution, draws: pd.DataFrame, role: str) -> SideReplicates:
+    """ln f of each distinct drawn input under each of stage 1's replicates (the sides take independent streams)."""
+    return side_replicates(
+        od,
+        draws["representative"],
+        int(cfg.uncertainty.n_replicates),
+        int(cfg.seed),
+        side=role,
+        within_bin=cfg.cross_eval.within_bin,
+    )
+
+
+def normalize(
+    cfg, ab: pd.DataFrame, ba: pd.DataFrame, ab_replicates: SideReplicates, ba_replicates: SideReplicates
+) -> tuple[dict, pd.DataFrame]:
+    """ratio.json's record at λ = cfg.lambda with its intervals ("ci", "std"; effective sample sizes in "counts"),
+    and the λ sweep."""
+    lam = float(cfg["lambda"])
+    ratio = ratio_from_frames(ab, ba, lam)
+    u = cfg.uncertainty
+    spread = ratio_uncertainty(ab, ab_replicates, ba, ba_replicates, lam, float(u.level), int(cfg.seed))
+    ratio["counts"].update(spread.pop("ess"))
+    ratio.update(spread)
     return ratio, lambda_sweep(ab["D"], ab["in_z_other"], ba["D"], ba["in_z_other"])
 
 

@@ -10,8 +10,10 @@ terms, so ρ is on the terms' scale):
 
 Recall is on the terms' scale (for the default window of an A→B run, Σ_W ρ(b) is PD_A→B), so the
 recall of an A→B and of a B→A run compare like PD_A→B and PD_B→A. A bin with draws but no scored
-input is an error, never a silent zero. Standard errors: the delta method over the cross_eval draws,
-plus, for a sampled sheet, the within-bin sampling of the annotated draws.
+input is an error, never a silent zero. Standard errors count independent inputs, not draws: they are the spread
+over the cross_eval run's replicates (modeldiff.method.uncertainty: stage 1's units resampled, the draws reweighted
+and resampled, r(b) recomputed from the resampled scored draws, so a sampled sheet's own sampling is included); a
+run without replicates falls back to resampling its distinct inputs, each with all its draws.
 
 Annotators are a registry by name (`modeldiff.analysis.ANNOTATORS`): `human` (no automatic scores: export a sheet),
 `toy_rule`, `judge`; any `module:function` is imported and called with the rows to score.
@@ -34,6 +36,7 @@ import pandas as pd
 import torch
 
 from modeldiff.method.scoring import Scorer
+from modeldiff.method.uncertainty import SideReplicates, resampled_weights
 from modeldiff.models import LoadedModel, check_comparable, load_model, toy_task
 from modeldiff.plugins import MODULE_ATTR
 
@@ -52,8 +55,6 @@ SHEET_COLUMNS = {
     "score": float,
 }
 REQUIRED_COLUMNS = ("id", "score")
-# the largest variance a score in [0, 1] can have: a bin with one annotated draw out of several counts it
-MAX_SCORE_VARIANCE = 0.25
 WINDOW = re.compile(r"^\s*(?P<open>[\[(]?)\s*(?P<lo>[^,\[\]()]+?)\s*,\s*(?P<hi>[^,\[\]()]+?)\s*(?P<close>[\])]?)\s*$")
 WINDOW_HELP = (
     '"lo,hi" (the closed interval [lo, hi], e.g. "-1,-0.6"), with brackets to choose open ends '
@@ -159,6 +160,9 @@ class Selection:
     bin_draws: np.ndarray  # draws in the window per bin
     bin_draws_in_z: np.ndarray  # of those, draws whose other z is in Z
     per_bin: int  # draws sampled per bin (0: all)
+    # every draw of the run, grouped by (input, selected): key (the representative, or a number per distinct
+    # input), bin (−1 outside the window), in_z_other, selected, n (draws), row (in `rows`, −1 if not selected)
+    groups: pd.DataFrame
 
     @property
     def n_bins(self) -> int:
@@ -200,11 +204,12 @@ def select(
     chosen = np.concatenate(chosen)
     picked = draws.iloc[chosen].reset_index(drop=True)
     draw_no = picked["draw"].to_numpy() if "draw" in picked else chosen
-    key = (
-        picked["representative"].to_numpy()
-        if "representative" in picked
-        else [tuple(map(int, t)) for t in picked["tokens"]]
+    keys = (
+        draws["representative"].to_numpy()
+        if "representative" in draws
+        else pd.factorize(pd.Series([tuple(map(int, t)) for t in draws["tokens"]]))[0]
     )
+    key = keys[chosen]
     text = picked["text"] if "text" in picked else pd.Series([" ".join(map(str, t)) for t in picked["tokens"]])
     frame = pd.DataFrame(
         {
@@ -233,11 +238,24 @@ def select(
             text=("text", "first"),
         )
         .sort_values(["bin", "D", "draw"], kind="stable")
-        .reset_index(drop=True)
     )
+    row_keys = rows.index.to_numpy()
+    rows = rows.reset_index(drop=True)
     rows.insert(0, "id", [f"{id_prefix}{int(i)}" for i in rows.pop("draw")])
     rows["text"] = rows["text"].astype(str)
     in_w_other = in_other[inside]
+    draw_bin = np.full(len(d), -1)
+    draw_bin[inside] = b
+    selected = np.zeros(len(d), dtype=bool)
+    selected[chosen] = True
+    groups = (
+        pd.DataFrame({"key": keys, "bin": draw_bin, "in_z_other": in_other, "selected": selected})
+        .groupby(["key", "selected"], sort=True)
+        .agg(bin=("bin", "first"), in_z_other=("in_z_other", "first"), n=("bin", "size"))
+        .reset_index()
+    )
+    row_of = pd.Series(np.arange(len(row_keys)), index=row_keys)
+    groups["row"] = np.where(groups["selected"], row_of.reindex(groups["key"]).fillna(-1).to_numpy(), -1).astype(int)
     return Selection(
         window,
         edges,
@@ -247,6 +265,7 @@ def select(
         bin_draws=np.bincount(b, minlength=n_bins),
         bin_draws_in_z=np.bincount(b, weights=in_w_other, minlength=n_bins).astype(np.int64),
         per_bin=int(per_bin),
+        groups=groups,
     )
 
 
@@ -410,8 +429,47 @@ def sheet_sha256(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------- estimate
 
 
-def estimate(selection: Selection, scores) -> dict:
-    """Precision, recall (terms' scale), their standard errors and r(D) per bin from the selected rows' scores."""
+def _group_weights(selection: Selection, replicates: SideReplicates | None, n_replicates: int, seed: int) -> np.ndarray:
+    """[R, n_groups] weights of the draw groups per replicate: the run's stage-1 replicates through stage 2 when
+    given; else its distinct inputs resampled, each with all its draws (stage 1 unknown: inputs as the units)."""
+    g = selection.groups
+    counts = g["n"].to_numpy(np.float64)
+    if replicates is not None:
+        rng = np.random.default_rng([seed, 3])
+        return resampled_weights(counts, replicates.of_draws(g["key"].to_numpy()), rng)
+    inputs, input_of = np.unique(g["key"].to_numpy(), return_inverse=True)
+    rng = np.random.default_rng([seed, 4])
+    picked = rng.multinomial(len(inputs), np.full(len(inputs), 1.0 / len(inputs)), size=n_replicates)
+    return picked[:, input_of] * counts
+
+
+def _replicate_estimates(selection: Selection, s: np.ndarray, r: np.ndarray, weights: np.ndarray):
+    """(precision, recall, r per bin) per replicate: bin masses from all the window's draws, r(b) from the scored
+    ones (where a replicate keeps no scored draw of a bin, its r(b) stays the estimate's)."""
+    g = selection.groups
+    in_window = g["bin"].to_numpy() >= 0
+    onehot = np.zeros((len(g), selection.n_bins))
+    onehot[np.flatnonzero(in_window), g["bin"].to_numpy()[in_window]] = 1.0
+    selected = g["selected"].to_numpy(np.float64)
+    score = np.where(g["row"].to_numpy() >= 0, s[g["row"].to_numpy()], 0.0)
+    mass = weights @ onehot
+    scored = (weights * selected) @ onehot
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_rep = np.where(scored > 0, ((weights * selected * score) @ onehot) / scored, np.nan_to_num(r)[None, :])
+        good = (r_rep * mass).sum(1)
+        return good / mass.sum(1), good / (weights @ g["in_z_other"].to_numpy(np.float64)), r_rep
+
+
+def estimate(
+    selection: Selection,
+    scores,
+    replicates: SideReplicates | None = None,
+    n_replicates: int = 200,
+    seed: int = 0,
+) -> dict:
+    """Precision, recall (terms' scale), their standard errors and r(D) per bin from the selected rows' scores.
+    Standard errors are the spread over `replicates` (the cross_eval run's), or over resamples of the distinct
+    inputs when there are none."""
     rows = selection.rows
     s = np.asarray(scores, dtype=np.float64)
     if s.shape != (len(rows),) or not np.all((s >= 0) & (s <= 1)):
@@ -419,7 +477,6 @@ def estimate(selection: Selection, scores) -> dict:
     n_bins, c = selection.n_bins, selection.bin_draws.astype(np.float64)
     b = rows["bin"].to_numpy()
     w = rows["n_draws"].to_numpy(np.float64)
-    y = rows["in_z_other"].to_numpy(np.float64)
     m = np.bincount(b, weights=w, minlength=n_bins)
     unscored = np.flatnonzero((c > 0) & (m == 0))
     if len(unscored):
@@ -433,19 +490,9 @@ def estimate(selection: Selection, scores) -> dict:
     total, n_in = c.sum(), selection.n_in_z_other
     tp = float(np.nansum(r * c))  # Σ r(b) · count(b): the window's "good" draws
     precision, recall = tp / total, tp / n_in
-    # draws: delta method for ratios of means; bin totals of unscored draws extrapolated from the scored ones
-    expand = c[b] / m[b]
-    ss_p = float(np.sum(w * expand * (s - precision) ** 2))
-    outside_in_z = n_in - selection.bin_draws_in_z.sum()
-    ss_r = float(np.sum(w * expand * (s - recall * y) ** 2) + recall**2 * outside_in_z)
-    # annotation: each bin's mean from m of its c draws, without replacement
-    dev = np.bincount(b, weights=w * (s - r[b]) ** 2, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s2 = np.where(m > 1, dev / (m - 1), MAX_SCORE_VARIANCE)
-        var_r = np.where(m > 0, s2 / m * (1 - m / c), 0.0)
-    var_r = np.clip(np.nan_to_num(var_r), 0.0, None)
-    precision_se = math.sqrt(ss_p / total**2 + float(np.sum((c / total) ** 2 * var_r)))
-    recall_se = math.sqrt(ss_r / n_in**2 + float(np.sum((c / n_in) ** 2 * var_r)))
+    weights = _group_weights(selection, replicates, n_replicates, seed)
+    precision_r, recall_r, r_rep = _replicate_estimates(selection, s, r, weights)
+    r_se = np.nanstd(r_rep, axis=0, ddof=1)
     per_input = np.bincount(b, minlength=n_bins)
     bins = [
         {
@@ -457,16 +504,17 @@ def estimate(selection: Selection, scores) -> dict:
             "n_annotated": int(per_input[k]),
             "n_annotated_draws": int(m[k]),
             "r": None if c[k] == 0 else float(r[k]),
-            "r_se": None if c[k] == 0 else float(math.sqrt(var_r[k])),
+            "r_se": None if c[k] == 0 else float(r_se[k]),
         }
         for k in range(n_bins)
     ]
     return {
         "window": selection.window.record(),
         "precision": precision,
-        "precision_se": precision_se,
+        "precision_se": float(np.std(precision_r, ddof=1)),
         "recall": recall,
-        "recall_se": recall_se,
+        "recall_se": float(np.std(recall_r, ddof=1)),
+        "se_from": "replicates" if replicates is not None else "distinct inputs",
         "window_mass": float(total / n_in),
         "per_bin": selection.per_bin,
         "bin_width": float(selection.edges[1] - selection.edges[0]),
@@ -476,6 +524,7 @@ def estimate(selection: Selection, scores) -> dict:
             "n_in_window": int(total),
             "n_annotated": len(rows),
             "n_annotated_draws": int(m.sum()),
+            "n_replicates": int(weights.shape[0]),
         },
         "bins": bins,
     }

@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from modeldiff.method.uncertainty import input_ess
+
 from .relatedness import Relatedness
 
 
@@ -101,15 +103,13 @@ def side_statistic(draws: pd.DataFrame, side: str, thresholds: Thresholds = Thre
     decided = np.abs(d) > tol
     # draws of one distinct input share their sign: the effective sample size counts inputs, not draws
     reps = draws["representative"].to_numpy() if "representative" in draws else np.arange(len(d))
-    _, inverse, mult = np.unique(reps, return_inverse=True, return_counts=True)
-    per_input_decided = np.bincount(inverse, weights=decided.astype(float))
+    n_eff = input_ess(reps, weights=decided)
     n_decided = float(decided.sum())
-    n_eff = n_decided**2 / float((per_input_decided**2).sum()) if n_decided > 0 else 0.0
     q = float(wins.sum()) / n_decided if n_decided > 0 else 0.5
     return SideStatistic(
         side=side,
         n_draws=len(d),
-        n_distinct=len(mult),
+        n_distinct=len(np.unique(reps)),
         n_effective=n_eff,
         n_ties=int((~decided).sum()),
         other_wins=q,

@@ -21,6 +21,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 BASE = CONFIG_DIR / "base.yaml"
 # Subtrees whose keys are free-form (each kernel takes its own parameters).
 OPEN_NODES = ("sampler.kernel_params",)
+# Keys that moved: the error names the new one.
+RENAMED = {"reweighting.n_bootstrap": "uncertainty.n_replicates"}
 # Keys whose default is null, with the type(s) they take when set.
 NULLABLE = {
     "space.vocab_size": int,
@@ -64,6 +66,9 @@ def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
         parent = e.full_key.rpartition(".")[0]
         node = OmegaConf.select(base, parent) if parent else base
         where = f"under {parent!r}" if parent else "at the top level"
+        moved = [k for k in RENAMED if k == e.full_key or k.startswith(f"{e.full_key}.")]
+        if moved:
+            raise ConfigError(f"config key {moved[0]!r} in {source} is now {RENAMED[moved[0]]!r}: rename it") from None
         raise ConfigError(
             f"unknown config key {e.full_key!r} in {source}; valid keys {where}: {', '.join(map(str, node.keys()))}"
         ) from None

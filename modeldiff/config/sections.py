@@ -10,6 +10,7 @@ registries without importing torch or transformers.
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
@@ -177,7 +178,7 @@ class SamplerSection(Section):
             ("method", self.method in SAMPLERS, f"one of {list(SAMPLERS)}"),
             ("t_min", 0 < self.t_min <= self.t_max, "> 0 and <= sampler.t_max"),
             ("n_temperatures", self.n_temperatures >= 1, ">= 1"),
-            ("ladders", self.ladders >= 1, ">= 1"),
+            ("ladders", self.ladders >= 2, ">= 2 (the ladders are the independent units the intervals resample)"),
             ("burn_in", 0 <= self.burn_in < self.steps, ">= 0 and < sampler.steps"),
             ("thin", self.thin >= 1, ">= 1"),
             ("swap_every", self.swap_every >= 1, ">= 1"),
@@ -194,12 +195,17 @@ class CheckpointSection(Section):
 
 
 @dataclass(frozen=True)
-class ReweightingSection(Section):
-    name: ClassVar[str] = "reweighting"
-    n_bootstrap: int
+class UncertaintySection(Section):
+    name: ClassVar[str] = "uncertainty"
+    n_replicates: int
+    level: float
 
     def rules(self):
-        return [("n_bootstrap", self.n_bootstrap >= 0, ">= 0")]
+        least = math.ceil(2 / (1 - self.level) - 1e-9) if 0 < self.level < 1 else 0
+        return [
+            ("level", 0 < self.level < 1, "> 0 and < 1 (e.g. 0.95)"),
+            ("n_replicates", self.n_replicates >= least, f">= {least} (2 / (1 - level): each tail holds a replicate)"),
+        ]
 
 
 @dataclass(frozen=True)
@@ -348,7 +354,7 @@ class RunConfig(Section):
     bins: BinsSection
     sampler: SamplerSection
     checkpoint: CheckpointSection
-    reweighting: ReweightingSection
+    uncertainty: UncertaintySection
     cross_eval: CrossEvalSection
     model: ModelSection
     toy: ToySection

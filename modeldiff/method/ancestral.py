@@ -26,11 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ancestral_rules, check_z_range
-from .outdist import OutputDistribution, bin_of, make_edges, std_in_z, unique_rows
+from .outdist import OutputDistribution, bin_of, make_edges, unique_rows, with_rho_band
 from .reweighting import logsumexp
 from .scoring import Scorer, reduce_nll
 from .space import InputSpace
 from .tempering import Checkpointing
+from .uncertainty import kish_ess
 
 
 @dataclass
@@ -290,22 +291,9 @@ def _stack(done: dict[int, tuple], blocks: list[int], length: int, k_count: int)
     return ids, z, log_q, temperature, block
 
 
-def kish_ess(ln_w: np.ndarray) -> float:
-    """(Σw)² / Σw² of weights given as logs (0 for none)."""
-    return float(np.exp(2 * logsumexp(ln_w) - logsumexp(2 * ln_w))) if len(ln_w) else 0.0
-
-
-def _bootstrap_std(unit_ln_rho: np.ndarray, in_z: np.ndarray, n_bootstrap: int, seed: int) -> tuple[np.ndarray, int]:
-    """Std of ln ρ (normalised inside Z) over resamples of the blocks; (std, resamples). All blocks hold the same
-    number of samples, so Σ_u m_u N_u is the same for every resample and cancels in the normalisation."""
-    n_units = len(unit_ln_rho)
-    rng = np.random.default_rng(seed)
-    resamples = []
-    for _ in range(n_bootstrap):
-        with np.errstate(divide="ignore"):
-            ln_mult = np.log(np.bincount(rng.integers(n_units, size=n_units), minlength=n_units))
-        resamples.append(logsumexp(unit_ln_rho + ln_mult[:, None], axis=0))
-    return std_in_z(resamples, in_z), len(resamples)
+def log_kish_ess(ln_w: np.ndarray) -> float:
+    """Kish's effective sample size of weights given as logs (scaled first: it does not depend on the scale)."""
+    return kish_ess(np.exp(ln_w - ln_w.max())) if len(ln_w) else 0.0
 
 
 def build_output_distribution(
@@ -313,13 +301,14 @@ def build_output_distribution(
     space: InputSpace,
     z_range,
     bin_width: float,
-    n_bootstrap: int = 50,
+    n_replicates: int = 200,
+    level: float = 0.95,
     seed: int = 0,
     decode=None,
 ) -> OutputDistribution:
-    """ρ̃(b) = (1/N) Σ_i w_i 1{z_i ∈ b} (absolute counts over Ω: no normalising constant), its bootstrap std over
-    blocks, the representatives inside Z with their summed weights, per-block arrays, and per-bin effective sample
-    sizes over distinct inputs."""
+    """ρ̃(b) = (1/N) Σ_i w_i 1{z_i ∈ b} (absolute counts over Ω: no normalising constant), its band from
+    `n_replicates` resamples of the blocks, the representatives inside Z with their summed weights, per-block arrays,
+    and per-bin effective sample sizes over distinct inputs."""
     lo, hi = check_z_range(z_range)
     if len(res.z) == 0:
         raise ValueError("ancestral sampling drew no samples: set sampler.ancestral.n_samples > 0")
@@ -335,13 +324,11 @@ def build_output_distribution(
     unit_ln_rho = np.full((len(blocks), n_bins), -np.inf)
     np.logaddexp.at(unit_ln_rho, (unit, bin_i), ln_w_i)
     ln_rho = logsumexp(unit_ln_rho, axis=0) - np.log(len(res.z))
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    ln_rho_std, n_boot = _bootstrap_std(unit_ln_rho, (centres > lo) & (centres < hi), n_bootstrap, seed)
     hist = np.zeros((len(res.temperatures), n_bins))
     np.add.at(hist, (res.temperature.astype(np.int64), bin_i), 1.0)
 
     ln_weight_x = np.log(counts) + ln_w_x  # an input's weight sums its samples' weights
-    ess_per_bin = [kish_ess(ln_weight_x[bin_x == b]) for b in range(n_bins)]
+    ess_per_bin = [log_kish_ess(ln_weight_x[bin_x == b]) for b in range(n_bins)]
     inside = (z_x >= lo) & (z_x <= hi)
     rep_row = np.full(len(first), -1)
     rep_row[inside] = np.arange(int(inside.sum()))
@@ -365,20 +352,19 @@ def build_output_distribution(
         n_in_z=int(in_reps.sum()),
         n_distinct=int(len(first)),
         n_distinct_in_z=int(len(reps)),
-        ess_in_z=kish_ess(ln_weight_x[inside]),
+        ess_in_z=log_kish_ess(ln_weight_x[inside]),
         ess_per_bin=ess_per_bin,
         n_units=int(len(blocks)),
         unit_sizes=np.bincount(unit).tolist(),
         n_per_temperature=[int(n) for n in res.n_per_temperature],
         sampling_seconds=float(res.seconds),
         n_scored=int(res.n_scored),
-        n_bootstrap=n_boot,
         space=dict(length=space.length, n_tokens=space.n_tokens, bos_token_id=space.bos_token_id),
     )
-    return OutputDistribution(
+    od = OutputDistribution(
         edges=edges,
         ln_rho=ln_rho,
-        ln_rho_std=ln_rho_std,
+        ln_rho_std=np.full(n_bins, np.nan),
         hist=hist,
         temperatures=np.asarray(res.temperatures, dtype=np.float64),
         f=np.zeros(len(res.temperatures)),
@@ -388,3 +374,4 @@ def build_output_distribution(
         rep_unit_ln_weight=rep_unit_ln_weight,
         unit_ln_rho=unit_ln_rho,
     )
+    return with_rho_band(od, n_replicates, level, seed)

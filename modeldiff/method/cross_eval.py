@@ -18,6 +18,7 @@ import torch
 from . import WITHIN_BIN, check_z_range
 from .outdist import OutputDistribution
 from .space import InputSpace
+from .uncertainty import ln_bin_probabilities
 
 ROLES = ("A", "B")
 
@@ -66,13 +67,11 @@ def draw_representatives(
     if len(reps) == 0:
         raise EmptyBinsError(f"no sampled input has z inside z_range={list(od.z_range)}")
     rng = np.random.default_rng(seed)
-    p_bin = np.exp(od.ln_rho_in_z())
     rep_bin = reps["bin"].to_numpy()
-    usable = od.in_z[rep_bin]
-    p_bin[~np.isin(np.arange(len(p_bin)), rep_bin[usable])] = 0.0
+    score = reps["ln_weight"].to_numpy() if within_bin == "reweight" else np.log(reps["count"].to_numpy(float))
+    p_bin = np.exp(ln_bin_probabilities(od.ln_rho, od.in_z, rep_bin, score))  # the law uncertainty.py reweights
     p_bin /= p_bin.sum()
     drawn_bins = rng.choice(len(p_bin), size=n_draws, p=p_bin)
-    score = reps["ln_weight"].to_numpy() if within_bin == "reweight" else np.log(reps["count"].to_numpy(float))
     out = np.empty(n_draws, dtype=np.int64)
     order = np.argsort(rep_bin, kind="stable")
     starts = np.searchsorted(rep_bin[order], np.arange(len(p_bin) + 1))

@@ -24,6 +24,16 @@ def _side(d: np.ndarray, in_other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d, in_other
 
 
+def side_masks(d: np.ndarray, lam: float, side: str) -> dict[str, np.ndarray]:
+    """The numerators' draws of one side: A→B's PD (D < −λ) and PA (D > λ), or B→A's PA (D < −λ) and PD (D > λ)."""
+    below, above = d < -lam, d > lam
+    if side == "AB":
+        return {"PD_AB": below, "PA_AB": above}
+    if side == "BA":
+        return {"PA_BA": below, "PD_BA": above}
+    raise ValueError(f"side must be 'AB' or 'BA', got {side!r}")
+
+
 def ratio_from_draws(d_ab, in_ab, d_ba, in_ba, lam: float = 0.0) -> dict:
     """The `ratio.json` record for one pair of cross-evaluations."""
     if lam < 0:
@@ -37,12 +47,8 @@ def ratio_from_draws(d_ab, in_ab, d_ba, in_ba, lam: float = 0.0) -> dict:
             f"no {side} draw has the other model's z inside z_range, so the terms cannot be "
             "normalised: widen z_range or check that the two models are comparable"
         )
-    counts_terms = {
-        "PD_AB": int((d_ab < -lam).sum()),
-        "PA_AB": int((d_ab > lam).sum()),
-        "PA_BA": int((d_ba < -lam).sum()),
-        "PD_BA": int((d_ba > lam).sum()),
-    }
+    masks = {**side_masks(d_ab, lam, "AB"), **side_masks(d_ba, lam, "BA")}
+    counts_terms = {k: int(masks[k].sum()) for k in TERMS}
     terms = {k: counts_terms[k] / (n_ab if k.endswith("AB") else n_ba) for k in TERMS}
     pd_ab = terms["PD_AB"]
     ratio = [terms[k] / pd_ab if pd_ab > 0 else float("nan") for k in TERMS]

@@ -1,15 +1,19 @@
 """The output distribution ρ̃(z) of one model and its representative inputs (stage 1's result).
 
 Built from parallel-tempering records by WHAM (here) or from ancestral importance samples (`ancestral`); saved as
-`outdist.npz` (bin edges, ln ρ, bootstrap std, per-replica/per-temperature histograms, free energies, and, where the
-method has them, per-unit weights) plus `representatives.parquet` (the distinct sampled inputs inside Z with their z,
-multiplicity and reweighting weight).
+`outdist.npz` (bin edges, ln ρ with its replicate band, per-replica/per-temperature histograms, free energies, and per
+independent unit what the uncertainty replicates need) plus `representatives.parquet` (the distinct sampled inputs
+inside Z with their z, multiplicity and reweighting weight).
+
+Stage 1's independent units are the ladders (tempering) or blocks of samples (ancestral). `modeldiff.method.uncertainty`
+resamples them: for tempering it re-solves WHAM on the resampled per-ladder histograms (`unit_hist`) and recomputes
+each representative's weight from its records per ladder (`rep_unit_count`); for ancestral sampling it sums per-block
+weights (`unit_ln_rho`, `rep_unit_ln_weight`). `meta["method"]` says which.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +24,10 @@ from . import check_z_range
 from .reweighting import coarsen, log_weights, logsumexp, solver_grid, wham
 from .space import InputSpace
 from .tempering import TemperingResult
+from .uncertainty import rho_band
 
 OUTDIST_FILE = "outdist.npz"
 REPRESENTATIVES_FILE = "representatives.parquet"
-UNIT_ARRAYS = ("rep_unit_ln_weight", "unit_ln_rho")  # OutputDistribution's optional per-unit arrays
 
 
 def make_edges(z_min: float, z_max: float, z_range, width: float) -> np.ndarray:
@@ -41,22 +45,41 @@ def bin_of(z: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, z, side="right") - 1, 0, len(edges) - 2)
 
 
+# optional arrays of outdist.npz: saved when set, None when a file lacks them
+OPTIONAL_FIELDS = (
+    "ln_rho_lo",
+    "ln_rho_hi",
+    "unit_hist",
+    "rep_unit_count",
+    "rep_unit_ln_weight",
+    "unit_ln_rho",
+)
+
+
 @dataclass
 class OutputDistribution:
     edges: np.ndarray  # [B+1]
     ln_rho: np.ndarray  # [B]; −inf where no sample fell; scaled so Σρ = |Ω| if sampling covered Ω
-    ln_rho_std: np.ndarray  # [B] bootstrap std over ladders of ln ρ normalised inside Z
+    ln_rho_std: np.ndarray  # [B] std over stage-1 replicates of ln ρ normalised inside Z (NaN outside Z)
     hist: np.ndarray  # [K, B] samples per replica (tempering) or per proposal temperature (ancestral)
     temperatures: np.ndarray  # [K]
     f: np.ndarray  # [K] WHAM free energies (gauge f_0 = 0); ancestral: zeros (every q_τ is normalised)
     z_range: tuple[float, float]
     representatives: pd.DataFrame  # distinct inputs with z ∈ Z: tokens, z, count, ln_weight, bin
-    meta: dict = field(default_factory=dict)  # meta["method"]: "tempering" or "ancestral"
-    # Per independent unit u (ancestral: a block of samples), for resampling units: with multiplicities m_u,
-    # ρ̃_m(b) = Σ_u m_u exp(unit_ln_rho[u, b]) / Σ_u m_u N_u (N_u = meta["unit_sizes"][u]) and a representative's
-    # weight is Σ_u m_u exp(rep_unit_ln_weight[x, u]). None where the method does not give them.
-    rep_unit_ln_weight: np.ndarray | None = None  # [n_representatives, n_units] ln Σ of w over x's samples in u
-    unit_ln_rho: np.ndarray | None = None  # [n_units, B] ln Σ of w over u's samples in bin b (−inf where none)
+    meta: dict = field(default_factory=dict)
+    # the replicate band (meta["band_level"]) of ln ρ normalised inside Z, [B] each (NaN outside Z)
+    ln_rho_lo: np.ndarray | None = None
+    ln_rho_hi: np.ndarray | None = None
+    # tempering (meta["method"] == "tempering"): per-ladder histograms on the WHAM solver grid (meta
+    # "solver_subdivisions" sub-bins per bin), sparse: rows (ladder, replica, sub-bin, count), int64 [nnz, 4];
+    # and each representative's records per ladder, int32 [n_representatives, n_ladders]
+    unit_hist: np.ndarray | None = None
+    rep_unit_count: np.ndarray | None = None
+    # ancestral (meta["method"] == "ancestral"): ln Σ w_i over the samples of block u equal to representative x
+    # (−inf where none), float64 [n_representatives, n_units]; ln Σ w_i over block u's samples in bin b,
+    # float64 [n_units, B]; meta["unit_sizes"] holds the samples per block
+    rep_unit_ln_weight: np.ndarray | None = None
+    unit_ln_rho: np.ndarray | None = None
 
     @property
     def centers(self) -> np.ndarray:
@@ -93,7 +116,7 @@ class OutputDistribution:
             f=self.f,
             z_range=np.asarray(self.z_range),
             meta=np.asarray(json.dumps(self.meta)),
-            **{name: getattr(self, name) for name in UNIT_ARRAYS if getattr(self, name) is not None},
+            **{name: getattr(self, name) for name in OPTIONAL_FIELDS if getattr(self, name) is not None},
         )
         reps = self.representatives.copy()
         reps["tokens"] = [list(map(int, t)) for t in reps["tokens"]]
@@ -119,7 +142,7 @@ class OutputDistribution:
             z_range=tuple(float(v) for v in arrays["z_range"]),
             representatives=reps,
             meta=json.loads(str(arrays["meta"])),
-            **{name: arrays.get(name) for name in UNIT_ARRAYS},
+            **{name: arrays.get(name) for name in OPTIONAL_FIELDS},
         )
 
 
@@ -131,50 +154,26 @@ def unique_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return first, inverse, counts
 
 
-def _bootstrap_std(
-    per_ladder: np.ndarray,
-    fine_centres: np.ndarray,
-    temps: np.ndarray,
-    f0: np.ndarray,
-    sub: int,
-    in_z: np.ndarray,
-    n_bootstrap: int,
-    seed: int,
-) -> tuple[np.ndarray, int]:
-    """Std of ln ρ (normalised inside Z) over resamples of the ladders, each solved by WHAM; (std, resamples used)."""
-    n_ladders = per_ladder.shape[0]
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_bootstrap):
-        mult = np.bincount(rng.integers(n_ladders, size=n_ladders), minlength=n_ladders).astype(float)
-        h = np.einsum("c,ckb->kb", mult, per_ladder)
-        if (h.sum(1) == 0).any():
-            continue
-        boot.append(coarsen(wham(h, fine_centres, temps, f0=f0).ln_rho, sub))
-    return std_in_z(boot, in_z), len(boot)
-
-
-def std_in_z(resamples: list[np.ndarray], in_z: np.ndarray) -> np.ndarray:
-    """Per-bin std of resampled ln ρ, each normalised inside Z (NaN for bins reached in fewer than two)."""
-    boot = []
-    for lr in resamples:
-        m = in_z & np.isfinite(lr)
-        boot.append(np.where(m, lr - logsumexp(lr[m]), np.nan) if m.any() else np.full_like(lr, np.nan))
-    with warnings.catch_warnings():  # bins seen in fewer than two resamples have no std: NaN, by design
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanstd(np.array(boot), axis=0) if len(boot) > 1 else np.full(len(in_z), np.nan)
-
-
 def _representatives(
-    pt: TemperingResult, z_range: tuple[float, float], edges: np.ndarray, f: np.ndarray, n_k: np.ndarray, decode=None
-) -> pd.DataFrame:
-    """The distinct recorded inputs with z in Z: tokens, z, count, ln_weight (towards the uniform measure), bin."""
+    pt: TemperingResult,
+    ladder_index: np.ndarray,
+    n_ladders: int,
+    z_range: tuple[float, float],
+    edges: np.ndarray,
+    f: np.ndarray,
+    n_k: np.ndarray,
+    decode=None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The distinct recorded inputs with z in Z: tokens, z, count, ln_weight (towards the uniform measure), bin;
+    and their records per ladder [n_representatives, n_ladders]."""
     lo, hi = z_range
     inside = (pt.z >= lo) & (pt.z <= hi)
     ids_in, z_in = pt.ids[inside], pt.z[inside]
     if not inside.any():
-        return pd.DataFrame(columns=["tokens", "z", "count", "ln_weight", "bin"])
-    first, _, counts = unique_rows(ids_in)
+        return pd.DataFrame(columns=["tokens", "z", "count", "ln_weight", "bin"]), np.zeros((0, n_ladders), np.int32)
+    first, inverse, counts = unique_rows(ids_in)
+    per_ladder = np.zeros((len(first), n_ladders), dtype=np.int32)
+    np.add.at(per_ladder, (inverse, ladder_index[inside]), 1)
     z_u = z_in[first]
     reps = pd.DataFrame(
         {
@@ -188,13 +187,30 @@ def _representatives(
     )
     if decode is not None:
         reps["text"] = [decode(t) for t in reps["tokens"]]
-    return reps
+    return reps, per_ladder
+
+
+def _sparse_unit_hist(ladder_index: np.ndarray, replica: np.ndarray, fine_bin: np.ndarray, n_fine: int) -> np.ndarray:
+    """Per-ladder, per-replica counts on the solver grid as rows (ladder, replica, sub-bin, count): only occupied
+    cells, so the size is bounded by the number of records whatever the grid."""
+    n_rep = int(replica.max()) + 1
+    key = (ladder_index.astype(np.int64) * n_rep + replica) * n_fine + fine_bin
+    cells, counts = np.unique(key, return_counts=True)
+    return np.stack([cells // (n_rep * n_fine), cells // n_fine % n_rep, cells % n_fine, counts], axis=1)
 
 
 def build_output_distribution(
-    pt: TemperingResult, space: InputSpace, z_range, bin_width: float, n_bootstrap: int = 50, seed: int = 0, decode=None
+    pt: TemperingResult,
+    space: InputSpace,
+    z_range,
+    bin_width: float,
+    n_replicates: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    decode=None,
 ) -> OutputDistribution:
-    """WHAM over all replicas, bootstrap over ladders, and the representatives inside Z."""
+    """WHAM over all replicas, the representatives inside Z, and the band of ln ρ̃ from `n_replicates` resamples of
+    the ladders (0: none)."""
     lo, hi = check_z_range(z_range)
     temps = pt.temperatures
     k_count = len(temps)
@@ -205,9 +221,10 @@ def build_output_distribution(
     fine_bin = np.clip(np.searchsorted(fine, pt.z, side="right") - 1, 0, n_fine - 1)
 
     ladders, ladder_index = np.unique(pt.ladder, return_inverse=True)
-    per_ladder = np.zeros((len(ladders), k_count, n_fine))
-    np.add.at(per_ladder, (ladder_index, pt.replica.astype(np.int64), fine_bin), 1.0)
-    sol = wham(per_ladder.sum(0), fine_centres, temps)
+    replica = pt.replica.astype(np.int64)
+    fine_hist = np.zeros((k_count, n_fine))
+    np.add.at(fine_hist, (replica, fine_bin), 1.0)
+    sol = wham(fine_hist, fine_centres, temps)
     if sol.residual > 1e-6:
         raise RuntimeError(
             f"WHAM did not converge (residual {sol.residual:.2e}); replicas may not overlap: "
@@ -216,13 +233,11 @@ def build_output_distribution(
     ln_rho = coarsen(sol.ln_rho, sub)
     ln_rho += np.log(float(space.size)) - logsumexp(ln_rho[np.isfinite(ln_rho)])
 
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    in_z = (centres > lo) & (centres < hi)
-    ln_rho_std, n_boot = _bootstrap_std(per_ladder, fine_centres, temps, sol.f, sub, in_z, n_bootstrap, seed)
-    hist = per_ladder.sum(0).reshape(k_count, -1, sub).sum(-1)
-    reps = _representatives(pt, (lo, hi), edges, sol.f, hist.sum(1), decode)
+    hist = fine_hist.reshape(k_count, -1, sub).sum(-1)
+    reps, rep_unit_count = _representatives(pt, ladder_index, len(ladders), (lo, hi), edges, sol.f, hist.sum(1), decode)
     meta = dict(
         method="tempering",
+        n_units=int(len(ladders)),
         n_records=int(len(pt.z)),
         n_in_z=int(((pt.z >= lo) & (pt.z <= hi)).sum()),
         n_distinct_in_z=int(len(reps)),
@@ -233,17 +248,28 @@ def build_output_distribution(
         wham_iterations=int(sol.iterations),
         wham_residual=float(sol.residual),
         solver_subdivisions=int(sub),
-        n_bootstrap=n_boot,
         space=dict(length=space.length, n_tokens=space.n_tokens, bos_token_id=space.bos_token_id),
     )
-    return OutputDistribution(
+    od = OutputDistribution(
         edges=edges,
         ln_rho=ln_rho,
-        ln_rho_std=ln_rho_std,
+        ln_rho_std=np.full(len(ln_rho), np.nan),
         hist=hist,
         temperatures=temps,
         f=sol.f,
         z_range=(lo, hi),
         representatives=reps,
         meta=meta,
+        unit_hist=_sparse_unit_hist(ladder_index, replica, fine_bin, n_fine),
+        rep_unit_count=rep_unit_count,
     )
+    return with_rho_band(od, n_replicates, level, seed)
+
+
+def with_rho_band(od: OutputDistribution, n_replicates: int, level: float, seed: int) -> OutputDistribution:
+    """`od` with ln_rho_std and the band ln_rho_lo/hi (normalised inside Z) from stage-1 replicates (any method)."""
+    if n_replicates > 0:
+        band = rho_band(od, n_replicates, level, seed)
+        od.ln_rho_std, od.ln_rho_lo, od.ln_rho_hi = band.std, band.lo, band.hi
+        od.meta.update(band_level=float(level), n_replicates=int(n_replicates))
+    return od

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from modeldiff.config import flatten
 from modeldiff.method.outdist import OutputDistribution
+from modeldiff.method.uncertainty import REPLICATES_FILE, SideReplicates
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "modeldiff"  # where runs go unless MLFLOW_EXPERIMENT_NAME/_ID or `mlflow run` say otherwise
@@ -215,6 +216,22 @@ def load_outdist(run_id: str) -> OutputDistribution:
 def load_draws(run_id: str) -> pd.DataFrame:
     with downloaded(run_id, "cross_eval", "cross_eval/draws.parquet") as f:
         return pd.read_parquet(f)
+
+
+def load_replicates(run_id: str) -> SideReplicates:
+    with downloaded(run_id, "cross_eval", f"cross_eval/{REPLICATES_FILE}") as f:
+        return SideReplicates.load(f)
+
+
+def has_artifact(run_id: str, artifact_path: str) -> bool:
+    parent, _, _ = artifact_path.rpartition("/")
+    return any(f.path == artifact_path for f in MlflowClient().list_artifacts(run_id, parent or None))
+
+
+def log_replicates(replicates: SideReplicates):
+    with tempfile.TemporaryDirectory() as tmp:
+        replicates.save(Path(tmp) / REPLICATES_FILE)
+        mlflow.log_artifact(str(Path(tmp) / REPLICATES_FILE), "cross_eval")
 
 
 def load_json(run_id: str, entry_point: str, artifact_path: str) -> dict:

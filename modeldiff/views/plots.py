@@ -25,20 +25,29 @@ def _axes():
 
 
 def rho_z_figure(od: OutputDistribution, title: str = "") -> plt.Figure:
-    """ln ρ̃(z) with the bootstrap ±1σ band inside Z (where it is defined) and Z shaded."""
+    """ln ρ̃(z) with its replicate band inside Z (where it is defined; ±1σ for files without a band) and Z shaded."""
     fig, ax = _axes()
     c, ln_rho = od.centers, od.ln_rho
     seen = np.isfinite(ln_rho)
     ax.plot(c[seen], ln_rho[seen], color="tab:blue", lw=1.5, label="ln ρ̃(z)")
-    band = seen & np.isfinite(od.ln_rho_std)
+    if od.ln_rho_lo is not None:
+        # the band is of ln ρ̃ normalised inside Z: shift it onto ln ρ̃'s scale (a constant inside Z)
+        with np.errstate(invalid="ignore"):  # −∞ − −∞ outside what was sampled: no band there
+            shift = ln_rho - od.ln_rho_in_z()
+        lo, hi = od.ln_rho_lo + shift, od.ln_rho_hi + shift
+        label = f"{od.meta.get('band_level', 0.95):.0%} replicate band"
+    else:
+        lo, hi, label = ln_rho - od.ln_rho_std, ln_rho + od.ln_rho_std, "bootstrap ±1σ"
+    band = seen & np.isfinite(hi)
+    floor = ln_rho[seen].min() - 1.0  # an unbounded lower end (a replicate that never reached the bin) ends here
     ax.fill_between(
         c[band],
-        ln_rho[band] - od.ln_rho_std[band],
-        ln_rho[band] + od.ln_rho_std[band],
+        np.maximum(np.nan_to_num(lo[band], nan=floor, neginf=floor), floor),
+        hi[band],
         color="tab:blue",
         alpha=0.3,
         lw=0,
-        label="bootstrap ±1σ",
+        label=label,
     )
     ax.axvspan(*od.z_range, color="tab:green", alpha=0.1, label="Z")
     empty = od.empty_bins_in_z
@@ -70,9 +79,34 @@ def d_hist_figure(draws: pd.DataFrame, title: str = "") -> plt.Figure:
     return fig
 
 
-def d_overlay_figure(ab: pd.DataFrame, ba: pd.DataFrame, lam: float = 0.0, title: str = "") -> plt.Figure:
+def _interval_text(value: float, interval: list) -> str:
+    end = lambda v: "∞" if v is None else f"{v:.3f}"  # noqa: E731
+    return f"{value:.3f} [{end(interval[0])}, {end(interval[1])}]"
+
+
+def _ratio_box(ax, ratio: dict):
+    """The terms and the ratio with their intervals, in a corner of the overlay."""
+    ci = ratio["ci"]
+    lines = [f"{k} = {_interval_text(v, ci['terms'][k])}" for k, v in ratio["terms"].items()]
+    lines.append("ratio 1 : " + " : ".join(_interval_text(v, i) for v, i in zip(ratio["ratio"][1:], ci["ratio"][1:])))
+    ax.text(
+        0.01,
+        0.98,
+        f"{ci['level']:.0%} intervals\n" + "\n".join(lines),
+        transform=ax.transAxes,
+        va="top",
+        fontsize="x-small",
+        family="monospace",
+        bbox=dict(boxstyle="round", facecolor="white", alpha=0.8, lw=0.5),
+    )
+
+
+def d_overlay_figure(
+    ab: pd.DataFrame, ba: pd.DataFrame, lam: float = 0.0, title: str = "", ratio: dict | None = None
+) -> plt.Figure:
     """Paper Fig. 3: ρ̃_A→B(D) and ρ̃_B→A(D) over the draws whose other z is in Z, each divided by its |X̃|,
-    so the areas left of −λ and right of λ are the four terms of the ratio."""
+    so the areas left of −λ and right of λ are the four terms of the ratio; with `ratio` (ratio.json's record), the
+    terms and the ratio with their intervals."""
     fig, ax = _axes()
     sides = {"A→B": ab.loc[ab["in_z_other"], "D"].to_numpy(), "B→A": ba.loc[ba["in_z_other"], "D"].to_numpy()}
     both = np.concatenate(list(sides.values()))
@@ -93,7 +127,9 @@ def d_overlay_figure(ab: pd.DataFrame, ba: pd.DataFrame, lam: float = 0.0, title
         for x in (-lam, lam):
             ax.axvline(x, color="black", lw=1, ls="--")
     ax.set(xlabel="D = z_A − z_B", ylabel="fraction of |X̃|", title=title or "A→B and B→A")
-    ax.legend(loc="best", fontsize="small")
+    if ratio is not None:
+        _ratio_box(ax, ratio)
+    ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     return fig
 

@@ -38,12 +38,23 @@ def test_main_logs_the_contract_artifacts(chain):
     assert parent.data.tags["modeldiff.model_a"] == "toy:small" and parent.data.tags["modeldiff.model_b"] == "toy:large"
     assert parent.data.params["sampler.steps"] == "300"
     ratio = ratio_of(children["normalize"])
-    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range"}
-    assert list(ratio["terms"]) == ["PD_AB", "PA_AB", "PA_BA", "PD_BA"] and len(ratio["ratio"]) == 4
+    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range", "ci", "std"}
+    terms = ["PD_AB", "PA_AB", "PA_BA", "PD_BA"]
+    assert list(ratio["terms"]) == terms and len(ratio["ratio"]) == 4
     assert ratio["ratio"][0] == 1.0 and ratio["counts"]["n_A"] == 2000 and set(ratio["D_range"]) == {"A", "B"}
+    # DESIGN §4: every term and ratio with its interval and spread
+    ci, std = ratio["ci"], ratio["std"]
+    assert set(ci) == {"level", "terms", "ratio"} and ci["level"] == 0.95 and list(ci["terms"]) == terms
+    assert ci["ratio"][0] == [1.0, 1.0] and len(ci["ratio"]) == 4 and std["ratio"][0] == 0.0
+    assert set(std) == {"terms", "ratio"} and list(std["terms"]) == terms and len(std["ratio"]) == 4
+    for k in terms:
+        assert ci["terms"][k][0] <= ratio["terms"][k] <= ci["terms"][k][1] and std["terms"][k] > 0
+    assert ratio["counts"]["n_units_A"] == 8 and 0 < ratio["counts"]["ess_inputs_A"] < 2000
     metrics = client.get_run(children["normalize"]).data.metrics
     assert metrics["PD_AB"] == ratio["terms"]["PD_AB"] and "D_B_max" in metrics
+    assert metrics["ratio_PA_AB_lo"] == ci["ratio"][1][0] and metrics["PD_BA_hi"] == ci["terms"]["PD_BA"][1]
     assert ratio_of(parent.info.run_id) == ratio
+    assert client.get_run(parent.info.run_id).data.metrics["ratio_PD_BA_hi"] == ci["ratio"][3][1]
 
 
 def test_rerun_reuses_finished_runs(store, chain):

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "modeldiff-plagiarism-tests"
 OVERRIDES = (
     "toy.train_steps=60 toy.batch_size=128 sampler.ladders=4 sampler.steps=200 sampler.burn_in=50 "
-    "reweighting.n_bootstrap=0 cross_eval.n_draws=500 plagiarism.permutations=19 plagiarism.simulations=49"
+    "uncertainty.n_replicates=40 cross_eval.n_draws=500 plagiarism.permutations=19 plagiarism.simulations=49"
 )
 COPY = "noise:1e-2:relative:toy:small"
 

@@ -95,6 +95,8 @@ def expected_metrics(entry_point: str, cfg) -> dict:
         "D_A_max",
         "D_B_min",
         "D_B_max",
+        *(f"{e}_{side}" for e in ("ess_inputs", "ess_units", "n_units") for side in "AB"),
+        *(f"{q}_{end}" for q in (*terms, *(f"ratio_{t}" for t in terms)) for end in ("lo", "hi", "std")),
     ]
     k = int(cfg.sampler.n_temperatures)
     return {
@@ -117,7 +119,19 @@ def expected_metrics(entry_point: str, cfg) -> dict:
             "swap_acceptance": k - 1,
         },
         "cross_eval": dict.fromkeys(
-            ["n_draws", "n_in_z_other", "n_distinct", "D_min", "D_max", "D_mean", "frac_D_negative_in_z"], 1
+            [
+                "n_draws",
+                "n_in_z_other",
+                "n_distinct",
+                "D_min",
+                "D_max",
+                "D_mean",
+                "frac_D_negative_in_z",
+                "ess_inputs",
+                "ess_units",
+                "n_units",
+            ],
+            1,
         ),
         "normalize": dict.fromkeys(ratio, 1),
         "main": dict.fromkeys(ratio, 1),
@@ -260,6 +274,6 @@ def test_down_stops_every_process_and_up_again_keeps_the_data(live, chains, line
     client = MlflowClient()
     for parent_id in chains.values():
         assert client.get_run(parent_id).info.status == "FINISHED"
-        assert set(ratio_of(parent_id)) == {"lambda", "terms", "ratio", "counts", "D_range"}
+        assert set(ratio_of(parent_id)) == {"lambda", "terms", "ratio", "counts", "D_range", "ci", "std"}
     assert client.get_model_version("suspect", "1").tags == lineage["suspect"]
     assert len([w for w in client.list_webhooks() if w.name == WEBHOOK_NAME]) == 1  # updated, not duplicated

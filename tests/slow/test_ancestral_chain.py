@@ -15,7 +15,7 @@ N_SAMPLES, N_DRAWS = 32_000, 40_000
 CONFIG = (
     f"sampler.method=ancestral sampler.ancestral.temperatures=[{TEMPERATURES[0]},{TEMPERATURES[1]}] "
     f"sampler.ancestral.n_samples={N_SAMPLES} sampler.ancestral.n_blocks=20 sampler.ancestral.batch_size=800 "
-    f"cross_eval.n_draws={N_DRAWS} reweighting.n_bootstrap=10 z_range=[{Z_RANGE[0]},{Z_RANGE[1]}] seed=3"
+    f"cross_eval.n_draws={N_DRAWS} uncertainty.n_replicates=40 z_range=[{Z_RANGE[0]},{Z_RANGE[1]}] seed=3"
 )
 
 

@@ -12,7 +12,7 @@ from . import ROOT
 # small enough for about a minute per chain on two busy cores
 OVERRIDES = (
     "toy.train_steps=60 toy.batch_size=128 sampler.ladders=8 sampler.steps=300 sampler.burn_in=100 "
-    "reweighting.n_bootstrap=10 cross_eval.n_draws=2000"
+    "uncertainty.n_replicates=40 cross_eval.n_draws=2000"
 )
 EXPERIMENT = "modeldiff-tests"
 ARTIFACTS = {
@@ -26,6 +26,7 @@ ARTIFACTS = {
     "cross_eval": [
         "config/resolved.yaml",
         "cross_eval/draws.parquet",
+        "cross_eval/replicates.npz",
         "plots/D_hist.png",
         "tables/draws.json",
         "tokendiff/index.html",

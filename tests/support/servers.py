@@ -10,7 +10,7 @@ import urllib.request
 # tested elsewhere
 SCREEN_OVERRIDES = (
     "toy.train_steps=60 toy.batch_size=128 sampler.ladders=4 sampler.steps=200 sampler.burn_in=50 "
-    "reweighting.n_bootstrap=0 cross_eval.n_draws=500 plagiarism.permutations=19 "
+    "uncertainty.n_replicates=40 cross_eval.n_draws=500 plagiarism.permutations=19 "
     "plagiarism.simulations=49"
 )
 

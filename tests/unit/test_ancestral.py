@@ -110,7 +110,7 @@ def test_weighted_counts_match_enumeration(tiny_task, toy_pair, toy_exact_z):
 def test_output_distribution_arrays_and_roundtrip(tmp_path, tiny_task, toy_scorers):
     space = tiny_task.space
     res = sample(toy_scorers[0], space, n_samples=2000, n_blocks=10, batch_size=500)
-    od = build_output_distribution(res, space, (1.3, 1.8), 0.02, n_bootstrap=20, decode=str)
+    od = build_output_distribution(res, space, (1.3, 1.8), 0.02, n_replicates=40, decode=str)
     reps, meta = od.representatives, od.meta
     assert meta["method"] == "ancestral" and meta["n_units"] == 10 and meta["unit_sizes"] == [200] * 10
     assert od.unit_ln_rho.shape == (10, len(od.ln_rho)) and od.rep_unit_ln_weight.shape == (len(reps), 10)

@@ -19,7 +19,7 @@ TINY = (
     "toy.archs.small.n_embd=16 toy.archs.small.n_head=2 toy.archs.small.n_layer=1 "
     "toy.archs.large.n_embd=16 toy.archs.large.n_head=2 toy.archs.large.n_layer=2 "
     "z_range=[1.0,1.6] sampler.n_temperatures=6 sampler.ladders=4 sampler.steps=150 sampler.burn_in=50 "
-    "reweighting.n_bootstrap=5 cross_eval.n_draws=500"
+    "uncertainty.n_replicates=40 cross_eval.n_draws=500"
 )
 
 
@@ -101,11 +101,25 @@ def test_process_split_equals_one_process(cfg):
     sharded = pipeline.cross_eval(cfg, od_whole, a, b, "A", shard=one)
     pd.testing.assert_frame_equal(single, sharded)
 
-    ba = pipeline.cross_eval(cfg, pipeline.sample_outdist(cfg, b), b, a, "B")
-    ratio, sweep = pipeline.normalize(cfg, single, ba)
-    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range"} and ratio["ratio"][0] == 1.0
+    # stage 1's replicates do not depend on how the ladders were split either
+    rep_whole = pipeline.cross_eval_replicates(cfg, od_whole, single, "A")
+    np.testing.assert_allclose(
+        pipeline.cross_eval_replicates(cfg, od_joined, single, "A").ln_f, rep_whole.ln_f, atol=1e-6
+    )
+
+    od_b = pipeline.sample_outdist(cfg, b)
+    ba = pipeline.cross_eval(cfg, od_b, b, a, "B")
+    ratio, sweep = pipeline.normalize(cfg, single, ba, rep_whole, pipeline.cross_eval_replicates(cfg, od_b, ba, "B"))
+    assert set(ratio) == {"lambda", "terms", "ratio", "counts", "D_range", "ci", "std"} and ratio["ratio"][0] == 1.0
+    assert ratio["ci"]["ratio"][0] == [1.0, 1.0] and ratio["counts"]["n_units_A"] == cfg.sampler.ladders
     assert sweep["lambda"].iloc[0] == 0.0
-    for fig in (plots.rho_z_figure(od_whole), plots.d_hist_figure(single), plots.d_overlay_figure(single, ba, 0.01)):
+    figures = (
+        plots.rho_z_figure(od_whole),
+        plots.d_hist_figure(single),
+        plots.d_overlay_figure(single, ba, 0.01),
+        plots.d_overlay_figure(single, ba, ratio=ratio),
+    )
+    for fig in figures:
         assert fig.axes and fig.axes[0].get_xlabel()
 
 
@@ -123,10 +137,12 @@ def test_ancestral_process_split_equals_one_process_and_feeds_stage_2(cfg):
     od = pipeline.build_outdist(cfg, a, joined)
     np.testing.assert_array_equal(od.ln_rho, pipeline.build_outdist(cfg, a, whole).ln_rho)
     assert od.meta["method"] == "ancestral" and od.meta["model"] == "toy:small" and len(od.representatives)
-    ab = pipeline.cross_eval(cfg, od, a, b, "A")
-    ba = pipeline.cross_eval(cfg, pipeline.sample_outdist(cfg, b), b, a, "B")
-    ratio, _ = pipeline.normalize(cfg, ab, ba)
+    od_b = pipeline.sample_outdist(cfg, b)
+    ab, ba = pipeline.cross_eval(cfg, od, a, b, "A"), pipeline.cross_eval(cfg, od_b, b, a, "B")
+    replicates = pipeline.cross_eval_replicates(cfg, od, ab, "A"), pipeline.cross_eval_replicates(cfg, od_b, ba, "B")
+    ratio, _ = pipeline.normalize(cfg, ab, ba, *replicates)
     assert ratio["ratio"][0] == 1.0 and ratio["counts"]["n_A"] == 500
+    assert ratio["ci"]["terms"]["PD_AB"][0] <= ratio["terms"]["PD_AB"] <= ratio["ci"]["terms"]["PD_AB"][1]
     assert pipeline.sample_outdist(load_config("toy", TINY), a).meta["method"] == "tempering"
 
 

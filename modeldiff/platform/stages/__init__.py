@@ -84,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
             Param("model", help=_MODEL_REFS),
             Param("resume", "", "run id of an interrupted sample_outdist run: continue from its last checkpoint"),
         ),
-        ("seed", "space", "z_range", "output", "bins", "sampler", "reweighting", "model.dtype"),
+        ("seed", "space", "z_range", "output", "bins", "sampler", "uncertainty", "model.dtype"),
     ),
     Stage(
         "cross_eval",
@@ -96,7 +96,7 @@ STAGES: tuple[Stage, ...] = (
             Param("other_model", help="the model that scores the draws"),
             Param("direction", "AB", "AB: the outdist run's model is A; BA: it is B"),
         ),
-        ("seed", "output", "cross_eval", "model.dtype", *_PAGE_KEYS),
+        ("seed", "output", "cross_eval", "uncertainty.n_replicates", "model.dtype", *_PAGE_KEYS),
     ),
     Stage(
         "normalize",
@@ -107,7 +107,7 @@ STAGES: tuple[Stage, ...] = (
             Param("ab_run", help="run id of the A→B cross_eval run"),
             Param("ba_run", help="run id of the B→A cross_eval run"),
         ),
-        ("lambda",),
+        ("lambda", "seed", "uncertainty.level"),  # the seed draws stage 2's resamples
     ),
     Stage(
         "plagiarism_check",
@@ -175,6 +175,7 @@ STAGES: tuple[Stage, ...] = (
             "annotate.per_bin",
             "annotate.bin_width",
             "annotate.judge",
+            "uncertainty.n_replicates",  # a cross_eval run without replicates resamples its inputs this often
         ),
     ),
 )

@@ -20,6 +20,7 @@ import mlflow
 
 from modeldiff.analysis import annotate
 from modeldiff.analysis.annotate import Selection, Window
+from modeldiff.method.uncertainty import REPLICATES_FILE, SideReplicates
 from modeldiff.models import LoadedModel, load_model
 from modeldiff.views import plots
 from modeldiff.views.sheet import sheet_html
@@ -49,6 +50,7 @@ class Job:
     selection: Selection
     title: str
     about: dict
+    replicates: SideReplicates | None  # the cross_eval run's (None: a run from before intervals)
 
     @property
     def arrow(self) -> str:
@@ -121,7 +123,15 @@ def _score_automatically(cfg, job: Job, reference, judge: LoadedModel | None):
 
 
 def _log_estimate(cfg, job: Job, mode: str, values, identity: str, scores: str) -> str:
-    result = annotate.estimate(job.selection, values)
+    result = annotate.estimate(
+        job.selection, values, job.replicates, int(cfg.uncertainty.n_replicates), seed=int(cfg.seed)
+    )
+    if job.replicates is None:
+        print(
+            f"modeldiff: warning: cross_eval run {job.cross_eval_run} has no replicates (it ran before intervals "
+            "existed): standard errors resample its distinct inputs, which ignores how stage 1 found them; run "
+            "cross_eval again for errors that include stage 1"
+        )
     result = {
         "annotator": cfg.annotate.annotator if mode == "automatic" else "human",
         "cross_eval_run": job.cross_eval_run,
@@ -179,7 +189,12 @@ def _job(cfg, cross_eval_run: str, window_text: str, mode: str) -> Job:
         f"{int(selection.bin_draws.sum())} draws in the window ({selection.per_bin or 'all'} per bin)",
     }
     title = f"annotation sheet: {ARROWS[direction]} draws with D in {window.text}"
-    return Job(cross_eval_run, tags, direction, window, selection, title, about)
+    replicates = (
+        tracking.load_replicates(cross_eval_run)
+        if tracking.has_artifact(cross_eval_run, f"cross_eval/{REPLICATES_FILE}")
+        else None
+    )
+    return Job(cross_eval_run, tags, direction, window, selection, title, about, replicates)
 
 
 def execute(

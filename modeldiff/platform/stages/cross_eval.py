@@ -1,9 +1,10 @@
 """Stage `cross_eval`: the sampling model's draws scored by the other model (stage 2).
 
 `direction` AB: the outdist run's model is A (A→B); BA: it is B (B→A). D is always z_A − z_B.
-Logs cross_eval/draws.parquet, plots/D_hist.png, a table of the distinct drawn inputs, and tokendiff/index.html:
-the D histogram whose bars list the drawn inputs in them, with token views (A vs B) of up to
-tokendiff.cross_eval_views of them, stratified over the bins.
+Logs cross_eval/draws.parquet, cross_eval/replicates.npz (each distinct drawn input's ln f under stage 1's
+replicates: what normalize's and annotate's intervals need), plots/D_hist.png, a table of the distinct drawn inputs,
+and tokendiff/index.html: the D histogram whose bars list the drawn inputs in them, with token views (A vs B) of up
+to tokendiff.cross_eval_views of them, stratified over the bins.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import mlflow
 
 from modeldiff import pipeline
 from modeldiff.analysis import tokendiff
+from modeldiff.method.uncertainty import SideReplicates, input_ess, kish_ess
 from modeldiff.models import LoadedModel, check_comparable, load_model
 from modeldiff.views import plots
 
@@ -39,10 +41,13 @@ def _side_tags(src: LoadedModel, other: LoadedModel, direction: str) -> dict:
     }
 
 
-def _log(cfg, draws, outdist_run: str, src: LoadedModel, other: LoadedModel, direction: str):
+def _log(
+    cfg, draws, replicates: SideReplicates, outdist_run: str, src: LoadedModel, other: LoadedModel, direction: str
+):
     arrow = "A→B" if direction == "AB" else "B→A"
     mlflow.set_tags({**_side_tags(src, other, direction), "modeldiff.outdist_run": outdist_run})
     tracking.log_parquet(draws, "cross_eval/draws.parquet")
+    tracking.log_replicates(replicates)
     tracking.log_figure(
         plots.d_hist_figure(draws, title=f"{arrow}: {src.ref} draws scored by {other.ref}"), "plots/D_hist.png"
     )
@@ -66,6 +71,9 @@ def _log(cfg, draws, outdist_run: str, src: LoadedModel, other: LoadedModel, dir
             "D_max": float(draws["D"].max()),
             "D_mean": float(draws["D"].mean()),
             "frac_D_negative_in_z": negative,
+            "ess_inputs": input_ess(draws["representative"]),
+            "ess_units": kish_ess(replicates.unit_draws),
+            "n_units": replicates.n_units,
         }
     )
 
@@ -77,7 +85,8 @@ def execute(cfg, dist: Dist, outdist_run: str, src: LoadedModel, other: LoadedMo
     od = tracking.load_outdist(outdist_run)
     draws = pipeline.cross_eval(cfg, od, src, other, role=direction[0], shard=dist.shard)
     if dist.is_main:
-        _log(cfg, draws, outdist_run, src, other, direction)
+        replicates = pipeline.cross_eval_replicates(cfg, od, draws, role=direction[0])
+        _log(cfg, draws, replicates, outdist_run, src, other, direction)
     return tracking.finish(stage_hash(cfg, outdist_run, src, other, direction), dist)
 
 

@@ -9,6 +9,7 @@ from functools import partial
 import mlflow
 
 from modeldiff.analysis import annotate as annotation
+from modeldiff.method.uncertainty import warnings_for
 from modeldiff.models import check_comparable, load_model
 
 from .. import tracking
@@ -33,10 +34,14 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
         ratio = tracking.load_json(runs["normalize"], "normalize", "ratio.json")
         mlflow.log_dict(ratio, "ratio.json")
         mlflow.log_metrics(normalize.ratio_metrics(ratio))
+        warnings = warnings_for(ratio["counts"])
+        if warnings:
+            mlflow.set_tag(normalize.WARNING, "; ".join(warnings))
         _log_annotations(runs)
         mlflow.set_tags({f"modeldiff.run.{k}": v for k, v in runs.items()})
         tracking.finish(STAGE["main"].hash(cfg, model_a=a.identity, model_b=b.identity))
-        print(f"modeldiff: ratio PD_AB:PA_AB:PA_BA:PD_BA = {' : '.join(f'{r:.3f}' for r in ratio['ratio'])}")
+        level = f"{ratio['ci']['level']:.0%}"
+        print(f"modeldiff: ratio PD_AB:PA_AB:PA_BA:PD_BA = {normalize.ratio_text(ratio)} ({level} intervals)")
     return runs
 
 

@@ -1,6 +1,8 @@
 """Stage `normalize`: the ratio PD_A→B : PA_A→B : PA_B→A : PD_B→A from two cross_eval runs (stage 3).
 
-Logs ratio.json (DESIGN §4), plots/D_overlay.png, the λ sweep as a table, and the terms as metrics.
+Logs ratio.json (DESIGN §4: terms and ratio with their intervals "ci" and spreads "std"), plots/D_overlay.png, the λ
+sweep as a table, and the terms as metrics (with _lo, _hi and _std). What makes the intervals unreliable (too few
+stage-1 units) is printed and tagged `modeldiff.warning`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import mlflow
 
 from modeldiff import pipeline
 from modeldiff.method.normalize import TERMS
+from modeldiff.method.uncertainty import warnings_for
 from modeldiff.views import plots
 
 from .. import tracking
@@ -20,9 +23,19 @@ def stage_hash(cfg, ab_run: str, ba_run: str) -> str:
     return STAGE["normalize"].hash(cfg, ab_run=ab_run, ba_run=ba_run)
 
 
+WARNING = "modeldiff.warning"
+
+
+def _spread_metrics(name: str, interval: list, std) -> dict:
+    """name_lo, name_hi, name_std where they are finite (an unbounded end or spread is left out, never NaN)."""
+    values = {f"{name}_lo": interval[0], f"{name}_hi": interval[1], f"{name}_std": std}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def ratio_metrics(ratio: dict) -> dict:
     d = ratio["D_range"]
-    return {
+    ci, std = ratio["ci"], ratio["std"]
+    out = {
         **ratio["terms"],
         **{f"ratio_{k}": v for k, v in zip(TERMS, ratio["ratio"], strict=True)},
         **ratio["counts"],
@@ -31,6 +44,18 @@ def ratio_metrics(ratio: dict) -> dict:
         "D_B_min": d["B"][0],
         "D_B_max": d["B"][1],
     }
+    for i, k in enumerate(TERMS):
+        out.update(_spread_metrics(k, ci["terms"][k], std["terms"][k]))
+        out.update(_spread_metrics(f"ratio_{k}", ci["ratio"][i], std["ratio"][i]))
+    return out
+
+
+def ratio_text(ratio: dict) -> str:
+    """`1.000 : 0.541 [0.41, 0.69] : ...`: the ratio with each term's interval (∞ for an unbounded end)."""
+    end = lambda v: "∞" if v is None else f"{v:.2f}"  # noqa: E731
+    parts = [f"{ratio['ratio'][0]:.3f}"]
+    parts += [f"{r:.3f} [{end(lo)}, {end(hi)}]" for r, (lo, hi) in zip(ratio["ratio"][1:], ratio["ci"]["ratio"][1:])]
+    return " : ".join(parts)
 
 
 def _check_pair(ab_run: str, ba_run: str) -> dict:
@@ -59,12 +84,19 @@ def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
         return None
     tags = _check_pair(ab_run, ba_run)
     ab, ba = tracking.load_draws(ab_run), tracking.load_draws(ba_run)
-    ratio, sweep = pipeline.normalize(cfg, ab, ba)
+    ratio, sweep = pipeline.normalize(cfg, ab, ba, tracking.load_replicates(ab_run), tracking.load_replicates(ba_run))
     mlflow.set_tags({k: tags[k] for k in tags if k.startswith((tracking.MODEL_A, tracking.MODEL_B))})
     mlflow.set_tags({"modeldiff.ab_run": ab_run, "modeldiff.ba_run": ba_run})
+    warnings = warnings_for(ratio["counts"])
+    for text in warnings:
+        print(f"modeldiff: warning: {text}")
+    if warnings:
+        mlflow.set_tag(WARNING, "; ".join(warnings))
     mlflow.log_dict(ratio, "ratio.json")
     title = f"A = {tags.get(tracking.MODEL_A)}, B = {tags.get(tracking.MODEL_B)}"
-    tracking.log_figure(plots.d_overlay_figure(ab, ba, lam=ratio["lambda"], title=title), "plots/D_overlay.png")
+    tracking.log_figure(
+        plots.d_overlay_figure(ab, ba, lam=ratio["lambda"], title=title, ratio=ratio), "plots/D_overlay.png"
+    )
     tracking.log_table(sweep, "tables/lambda_sweep.json")
     mlflow.log_metrics(ratio_metrics(ratio))
     return tracking.finish(stage_hash(cfg, ab_run, ba_run))
