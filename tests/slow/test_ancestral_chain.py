@@ -35,7 +35,8 @@ def test_ancestral_chain_matches_the_exact_ratio(tiny_task, toy_pair, toy_exact_
     a, b = (toy_loaded(m, tiny_task, ref) for m, ref in zip(toy_pair, ("toy:a", "toy:b")))
     od_a, od_b = pipeline.sample_outdist(cfg, a), pipeline.sample_outdist(cfg, b)
     ab, ba = pipeline.cross_eval(cfg, od_a, a, b, "A"), pipeline.cross_eval(cfg, od_b, b, a, "B")
-    sampled, _ = pipeline.normalize(cfg, ab, ba)
+    replicates = pipeline.cross_eval_replicates(cfg, od_a, ab, "A"), pipeline.cross_eval_replicates(cfg, od_b, ba, "B")
+    sampled, _ = pipeline.normalize(cfg, ab, ba, *replicates)
 
     z_a, z_b = toy_exact_z
     exact = exact_ratio(z_a, z_b, Z_RANGE)
