@@ -21,7 +21,11 @@ as they are (given those, the residual labels are still uniform under the null):
   Whatever permutation was applied to B's units, a copy's two matchings agree. Independent models' matchings agree
   as much as each model's input and output weights are aligned with each other, which the null keeps (the residual
   permutation acts on both weight sets): Monte Carlo p-value, floor 1/(1 + permutations).
-`p_value` = min(1, 2 · the smaller of the two) (Bonferroni: either test may decide).
+`p_value` = min(1, 2 · the smaller of the two) (Bonferroni: either test may decide). On big models each test looks
+at a subset (rows of each tensor, units of each block, residual coordinates) chosen without looking at B, so the
+cost stays bounded and the p-values stay exact. Not covered: a copy whose residual axis was relabelled too. That is
+the null's own relabelling, so such a copy looks independent here; catching it would need B's residual axis aligned
+to A's first (through the embeddings, whose token rows both share), with some other null.
 
 Once related, how: B's hidden units and heads are first aligned to A's (matched on input and output weights
 together), then δ = W_B − W_A per tensor. A weight-noise copy's δ is i.i.d. noise, whose top singular value sits at
@@ -37,6 +41,7 @@ names the noisier one. Visible once σ_rel·√(weights) ≫ 1.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -114,13 +119,10 @@ class Symmetries:
     units: dict[str, int]  # MLP block -> hidden units
     roles: dict[str, dict[int, Axis]]  # parameter -> {axis: what it indexes}
 
-    def same_as(self, other: Symmetries) -> bool:
-        return (self.family, self.width, self.heads, self.units) == (
-            other.family,
-            other.width,
-            other.heads,
-            other.units,
-        )
+    @property
+    def layout(self) -> tuple:
+        """What two models must share for their weights to be compared."""
+        return self.family, self.width, self.heads, self.units
 
 
 def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -352,7 +354,7 @@ def paired_weights(model_a: torch.nn.Module, model_b: torch.nn.Module) -> tuple[
         sym_a, sym_b = symmetries(model_a), symmetries(model_b)
     except UnknownSymmetries as e:
         return [], None, f"{e}, so the weights cannot be tested against independent training"
-    if not sym_a.same_as(sym_b):
+    if sym_a.layout != sym_b.layout:
         return [], None, "the models' head counts differ: the architectures differ, so weights are not compared"
     pairs = [Weights(n, params_a[n].detach(), params_b[n].detach(), sym_a.roles[n]) for n in params_a]
     return pairs, sym_a, ""
@@ -363,10 +365,15 @@ def _float64(t: torch.Tensor) -> torch.Tensor:
 
 
 def centred_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = _float64(a).flatten(), _float64(b).flatten()
-    a, b = a - a.mean(), b - b.mean()
-    denom = float(a.norm() * b.norm())
-    return float(a @ b) / denom if denom > 0 else 0.0
+    """Float32 products summed in float64: rounding errors of ~1e-7 per product average out."""
+    a, b = (t.detach().to(device="cpu", dtype=torch.float32).flatten() for t in (a, b))
+    a, b = a - a.double().mean().float(), b - b.double().mean().float()
+
+    def dot(x, y):
+        return float((x * y).sum(dtype=torch.float64))
+
+    denom = math.sqrt(dot(a, a) * dot(b, b))
+    return dot(a, b) / denom if denom > 0 else 0.0
 
 
 def _row_sample(n_rows: int, max_rows: int, rng: np.random.Generator) -> np.ndarray | slice:
@@ -381,11 +388,12 @@ def residual_rows(t: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def _cross_cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """C[j, k] with Σ_j C[j, r(j)] = the centred cosine of a and of b with its residual axis (last) permuted by r."""
-    a, b = _float64(a), _float64(b)
-    a, b = a - a.mean(), b - b.mean()
-    scale = float(a.norm() * b.norm())
-    return (a.T @ b).numpy() / scale if scale > 0 else np.zeros((a.shape[1], a.shape[1]))
+    """C[j, k] with Σ_j C[j, r(j)] = the centred cosine of a and of b with its residual axis (last) permuted by r
+    (float32 products: C only has to resolve cosines to ~1e-6)."""
+    a, b = (t.detach().to(device="cpu", dtype=torch.float32) for t in (a, b))
+    a, b = a - a.double().mean().float(), b - b.double().mean().float()
+    scale = float(a.double().norm() * b.double().norm())
+    return (a.T @ b).double().numpy() / scale if scale > 0 else np.zeros((a.shape[1], a.shape[1]))
 
 
 def permutation_tail_bound(c: np.ndarray, t: float, sinkhorn_iterations: int = 30) -> float:
@@ -403,7 +411,7 @@ def permutation_tail_bound(c: np.ndarray, t: float, sinkhorn_iterations: int = 3
     scale = float(c.std()) or 1.0
     magnitude = abs(t) + float(np.abs(c).max(axis=1).sum())
     log_bound = 0.0
-    for lam in np.geomspace(1e-2, 1e5, 29) / scale:
+    for lam in np.geomspace(1e5, 1e-2, 29) / scale:  # large λ first: a copy's bound reaches the floor at once
         m = lam * c
         u, v = np.zeros(d), np.zeros(d)
         for _ in range(sinkhorn_iterations):
@@ -412,6 +420,8 @@ def permutation_tail_bound(c: np.ndarray, t: float, sinkhorn_iterations: int = 3
         log_perm = float(logsumexp(m + u[:, None] + v[None, :], axis=1).sum() - u.sum() - v.sum())
         rounding = 1e-12 * lam * magnitude + 1e-12 * d
         log_bound = min(log_bound, -lam * t + log_perm - math.lgamma(d + 1) + rounding)
+        if log_bound < math.log(FLOOR_P):
+            break
     return max(math.exp(log_bound), FLOOR_P)
 
 
@@ -441,23 +451,27 @@ def cosine_test(
     return tensors, p
 
 
-def _unit_rows(pairs: dict[str, Weights], names: list[str], model: str) -> torch.Tensor:
-    """[units, k·d] in float32: one row per hidden unit, its residual-axis weights of the named tensors side by side."""
-    parts = []
-    for name in names:
-        w = pairs[name]
-        parts.append(getattr(w, model).movedim(w.axis(UNITS), 0))  # [units, d]
-    rows = torch.cat(parts, dim=1).detach().to(device="cpu", dtype=torch.float32)
-    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-30)
+def _normalised(rows: torch.Tensor) -> np.ndarray:
+    """Rows scaled to unit length, as float32 numpy (inner products are then cosines)."""
+    rows = rows.detach().to(device="cpu", dtype=torch.float32)
+    return (rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-30)).numpy()
+
+
+def _unit_rows(pairs: dict[str, Weights], names: list[str], model: str) -> np.ndarray:
+    """[units, k·d]: one row per hidden unit, its residual-axis weights of the named tensors side by side."""
+    return _normalised(torch.cat([getattr(w, model).movedim(w.axis(UNITS), 0) for w in map(pairs.get, names)], 1))
 
 
 @dataclass
 class MlpBlock:
+    """One MLP block's unit rows (normalised): A's as [units, k·d], B's transposed, [k·d, units], so that a set of
+    residual coordinates of B is a set of contiguous rows."""
+
     name: str
-    a_in: torch.Tensor  # [units, k·d], rows normalised
-    a_out: torch.Tensor
-    b_in: torch.Tensor
-    b_out: torch.Tensor
+    a_in: np.ndarray
+    a_out: np.ndarray
+    b_in_t: np.ndarray
+    b_out_t: np.ndarray
 
 
 def mlp_blocks(pairs: list[Weights], sym: Symmetries) -> list[MlpBlock]:
@@ -468,8 +482,8 @@ def mlp_blocks(pairs: list[Weights], sym: Symmetries) -> list[MlpBlock]:
         names_in, names_out = [f"{block}.{n}" for n in inputs], [f"{block}.{n}" for n in outputs]
         if not all(n in by_name for n in names_in + names_out):
             continue
-        rows = [_unit_rows(by_name, names, model) for model in "ab" for names in (names_in, names_out)]
-        blocks.append(MlpBlock(block, *rows))
+        a_in, a_out, b_in, b_out = (_unit_rows(by_name, n, m) for m in "ab" for n in (names_in, names_out))
+        blocks.append(MlpBlock(block, a_in, a_out, np.ascontiguousarray(b_in.T), np.ascontiguousarray(b_out.T)))
     return blocks
 
 
@@ -490,31 +504,35 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float((rx * ry).sum()) / denom if denom > 0 else 0.0
 
 
-def _residual_columns(r: np.ndarray | None, k: int) -> np.ndarray | slice:
-    """The columns of k residual-axis blocks side by side, each permuted by r."""
-    return slice(None) if r is None else np.concatenate([r + j * len(r) for j in range(k)])
+def _columns(coords: np.ndarray, d: int, k: int) -> np.ndarray:
+    """The columns of residual coordinates `coords` in k residual-axis blocks side by side."""
+    return np.concatenate([coords + j * d for j in range(k)])
 
 
-def _block_spearman(block: MlpBlock, units: np.ndarray, r: np.ndarray | None) -> tuple[float, np.ndarray]:
-    d = block.b_out.shape[1]
-    cols_in, cols_out = _residual_columns(r, block.b_in.shape[1] // d), _residual_columns(r, 1)
-    pi_in = assign((block.a_in[units] @ block.b_in[:, cols_in].T).numpy())
-    pi_out = assign((block.a_out[units] @ block.b_out[:, cols_out].T).numpy())
+def _block_spearman(block: MlpBlock, units: np.ndarray, coords: np.ndarray, b_coords: np.ndarray):
+    """(ρ, the input-weight matching) for A's `units` on residual coordinates `coords`, against B's units on
+    `b_coords` (coords themselves, or their images under a residual permutation)."""
+    d = len(block.b_out_t)
+    k = len(block.b_in_t) // d
+    a_in, a_out = block.a_in[units][:, _columns(coords, d, k)], block.a_out[units][:, coords]
+    pi_in = assign(a_in @ block.b_in_t[_columns(b_coords, d, k)])
+    pi_out = assign(a_out @ block.b_out_t[b_coords])
     return spearman(pi_in, pi_out), pi_in
 
 
 def matching_test(
-    blocks: list[MlpBlock], draws: np.ndarray, rng: np.random.Generator, max_units: int = 128
+    blocks: list[MlpBlock], draws: np.ndarray, coords: np.ndarray, rng: np.random.Generator, max_units: int = 64
 ) -> tuple[list[BlockMatch], float]:
     """Per MLP block, the Spearman correlation of the input- and output-weight matchings of (at most `max_units` of)
     A's units to B's, with its own p-value, and the p-value of the mean over blocks, against B's residual axis
-    permuted by each row of `draws`. [] and NaN without MLP blocks."""
+    permuted by each row of `draws`. The similarities use A's residual coordinates `coords` (and their images in B):
+    a subset chosen without looking at B keeps the p-values exact and the cost bounded on big models. [] and NaN
+    without MLP blocks."""
     if not blocks:
         return [], float("nan")
-    units = [_row_sample(len(b.a_in), max_units, rng) for b in blocks]
-    units = [np.arange(len(b.a_in))[u] for b, u in zip(blocks, units)]
-    observed = [_block_spearman(b, u, None) for b, u in zip(blocks, units)]
-    null = np.array([[_block_spearman(b, u, r)[0] for b, u in zip(blocks, units)] for r in draws])
+    units = [np.arange(len(b.a_in))[_row_sample(len(b.a_in), max_units, rng)] for b in blocks]
+    observed = [_block_spearman(b, u, coords, coords) for b, u in zip(blocks, units)]
+    null = np.array([[_block_spearman(b, u, coords, r[coords])[0] for b, u in zip(blocks, units)] for r in draws])
     out = [
         BlockMatch(b.name, len(b.a_in), rho, monte_carlo_p(null[:, i], rho), float((pi == u).mean()))
         for i, (b, u, (rho, pi)) in enumerate(zip(blocks, units, observed))
@@ -526,10 +544,7 @@ def matching_test(
 
 
 def _cosines(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    a, b = a.to(torch.float32), b.to(torch.float32)
-    a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    return (a @ b.T).numpy()
+    return _normalised(a) @ _normalised(b).T
 
 
 def _head_rows(pairs: list[Weights], block: str, kv: bool, n: int, model: str) -> torch.Tensor | None:
@@ -561,10 +576,18 @@ def align_heads(pairs: list[Weights], block: str, n_q: int, n_kv: int) -> np.nda
     return head_order(kv_order, [within[j, k] for j, k in enumerate(kv_order)])
 
 
-def align(pairs: list[Weights], sym: Symmetries, blocks: list[MlpBlock]) -> tuple[Symmetry, float, float]:
-    """The unit and head relabelling of B that best matches A's (units on input and output weights together; orders
-    that change nothing are left out), and the shares of units and of heads it moves."""
-    units = {b.name: assign(_cosines(b.a_in, b.b_in) + _cosines(b.a_out, b.b_out)) for b in blocks}
+def align(
+    pairs: list[Weights], sym: Symmetries, blocks: list[MlpBlock], coords: np.ndarray
+) -> tuple[Symmetry, float, float]:
+    """The unit and head relabelling of B that best matches A's (units on their input and output weights together, on
+    residual coordinates `coords`; orders that change nothing are left out), and the shares of units and of heads it
+    moves."""
+
+    def similarity(b: MlpBlock) -> np.ndarray:
+        cols = _columns(coords, len(b.b_out_t), len(b.b_in_t) // len(b.b_out_t))
+        return b.a_in[:, cols] @ b.b_in_t[cols] + b.a_out[:, coords] @ b.b_out_t[coords]
+
+    units = {b.name: assign(similarity(b)) for b in blocks}
     heads = {block: align_heads(pairs, block, n_q, n_kv) for block, (n_q, n_kv) in sym.heads.items()}
 
     def moved(orders: dict[str, np.ndarray]) -> tuple[dict, float]:
@@ -592,32 +615,39 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return _float64(t).reshape(t.shape[0], -1)
 
 
+@functools.lru_cache(maxsize=32)
+def gaussian_spectral_ratios(shape: tuple[int, int], simulations: int, seed: int) -> np.ndarray:
+    """The spectral ratios of `simulations` Gaussian matrices of `shape` (the δ test's null depends on the shape
+    only, so it is drawn once per shape, simulation count and seed, and reused across pairs)."""
+    generator = torch.Generator().manual_seed(hash((seed, *shape)) % 2**63)
+    return np.array(
+        [spectral_ratio(torch.randn(shape, generator=generator, dtype=torch.float64)) for _ in range(simulations)]
+    )
+
+
 def noise_structure(
     aligned: list[tuple[str, torch.Tensor, torch.Tensor]],
     simulations: int,
-    generator: torch.Generator,
+    seed: int,
     rng: np.random.Generator,
-    max_rows: int = 1024,
+    max_rows: int = 256,
 ) -> list[DeltaSpectrum]:
     """δ's spectral ratio per matrix that differs (on at most `max_rows` of its rows), with a Monte Carlo p-value
-    against Gaussian matrices of that shape."""
-    null: dict[tuple, np.ndarray] = {}
+    against Gaussian matrices of that shape. Rows of i.i.d. noise are i.i.d. noise, and a fine-tune's low-rank δ
+    stands out on a few hundred rows as on all of them (its ratio grows like √(rows·columns)/(√rows + √columns)),
+    while the eigenproblems shrink to at most 256²."""
     out = []
     for name, a, b in aligned:
         if a.ndim < 2 or torch.equal(a, b):
             continue
         rows = _row_sample(a.shape[0], max_rows, rng)
         delta = _as_rows(b[rows]) - _as_rows(a[rows])
-        shape = tuple(delta.shape)
-        if shape not in null:  # the null depends on the shape only
-            null[shape] = np.array(
-                [
-                    spectral_ratio(torch.randn(shape, generator=generator, dtype=torch.float64))
-                    for _ in range(simulations)
-                ]
-            )
         ratio = spectral_ratio(delta)
-        out.append(DeltaSpectrum(name, ratio, monte_carlo_p(null[shape], ratio)))
+        out.append(
+            DeltaSpectrum(
+                name, ratio, monte_carlo_p(gaussian_spectral_ratios(tuple(delta.shape), simulations, seed), ratio)
+            )
+        )
     return out
 
 
@@ -628,10 +658,12 @@ def norm_direction(aligned: list[tuple[str, torch.Tensor, torch.Tensor]]) -> flo
     for _, a, b in aligned:
         if a.ndim < 2:
             continue
-        a, b = _float64(a), _float64(b)
-        delta = b - a
-        num += float((delta * (a + b)).sum())
-        var += 4.0 * float(delta.pow(2).mean()) * float(((a + b) / 2).pow(2).sum())
+        a, b = (t.detach().to(device="cpu", dtype=torch.float32) for t in (a, b))
+        delta, total = b - a, a + b  # sums in float64: a small σ's energy is a small difference of large sums
+        num += float((delta * total).sum(dtype=torch.float64))
+        var += (
+            float(delta.pow(2).sum(dtype=torch.float64)) / delta.numel() * float(total.pow(2).sum(dtype=torch.float64))
+        )
     return num / math.sqrt(var) if var > 0 else 0.0
 
 
@@ -643,7 +675,8 @@ def weight_relatedness(
     simulations: int = 199,
     seed: int = 0,
     max_rows: int = 1024,
-    max_units: int = 128,
+    max_units: int = 64,
+    max_coords: int = 128,
 ) -> Relatedness:
     """All tests on two models' weights (CPU); `applicable` is False, with the reason, when the architectures differ
     or their symmetries are not known."""
@@ -656,11 +689,11 @@ def weight_relatedness(
     draws = np.stack([rng.permutation(sym.width) for _ in range(permutations)])
     tensors, cosine_p = cosine_test(pairs, draws, rng, max_rows)
     mlps = mlp_blocks(pairs, sym)
-    blocks, match_p = matching_test(mlps, draws, rng, max_units)
-    g, units_moved, heads_moved = align(pairs, sym, mlps)
+    coords = np.arange(sym.width)[_row_sample(sym.width, max_coords, rng)]
+    blocks, match_p = matching_test(mlps, draws, coords, rng, max_units)
+    g, units_moved, heads_moved = align(pairs, sym, mlps, coords)
     aligned = [(w.name, w.a, transform(w.b, w.roles, g, sym)) for w in pairs]
-    generator = torch.Generator().manual_seed(int(seed))
-    deltas = noise_structure(aligned, simulations, generator, rng, max_rows)
+    deltas = noise_structure(aligned, simulations, int(seed), rng)
     return Relatedness(
         applicable=True,
         tensors=tensors,

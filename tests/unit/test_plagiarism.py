@@ -10,9 +10,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.webhooks.delivery import _generate_hmac_signature
 from scipy.optimize import linear_sum_assignment
 
+from modeldiff import pipeline
 from modeldiff.analysis.plagiarism import (
     BlackBox,
     SideStatistic,
@@ -38,6 +40,7 @@ from modeldiff.analysis.relatedness import (
 )
 from modeldiff.config import ConfigError, load_config
 from modeldiff.method.toy import ToyTask, make_toy_model, train_toy_model
+from modeldiff.models import LoadedModel
 from modeldiff.models.derive import add_weight_noise
 from modeldiff.platform.screening import DeliveryLog, DeliveryRejected, check_delivery, signature
 
@@ -262,6 +265,31 @@ def test_verdict_by_mode(mode, bb, wb, verdict, copy_side, evidence):
     assert ("(white box only" in v.reason) == (mode == "white_box" and wb is not None and wb.applicable)
     if mode == "white_box" and (wb is None or not wb.applicable):
         assert "white box: " in v.reason
+
+
+class WeightsNotAtHand(torch.nn.Module):
+    """A model whose weights must not be read."""
+
+    def named_parameters(self, *args, **kwargs):
+        raise AssertionError("the black_box mode read the weights")
+
+
+def test_pipeline_modes_use_only_their_evidence():
+    """black_box never reads the weights; white_box needs no draws; both say so in plagiarism.json."""
+    rng = np.random.default_rng(0)
+    draws = pd.DataFrame({"D": -np.abs(rng.normal(0.2, 0.05, 300)), "representative": np.arange(300)})
+    hidden = [LoadedModel(WeightsNotAtHand(), None, f"hidden:{s}", TASK.space, s) for s in "AB"]
+    verdict, rep = pipeline.plagiarism(load_config("toy", "plagiarism.mode=black_box"), *hidden, draws, draws)
+    assert (verdict.mode, rep["mode"], verdict.verdict, verdict.copy) == ("black_box",) * 2 + ("suspected_copy_of", "B")
+    assert "white_box" not in rep and rep["black_box"]["dominated"] == "B"
+    parent = toy(0)
+    models = [
+        LoadedModel(m, None, f"toy:{i}", TASK.space, str(i)) for i, m in enumerate((parent, copy.deepcopy(parent)))
+    ]
+    cfg = load_config("toy", "plagiarism.mode=white_box plagiarism.permutations=9 plagiarism.simulations=9")
+    verdict, rep = pipeline.plagiarism(cfg, *models, None, None)
+    assert (verdict.mode, verdict.verdict, rep["black_box"]) == ("white_box", "suspected_copy_of", None)
+    assert rep["white_box"]["identical_weights"] and "identical weights" in verdict.reason
 
 
 def test_mode_errors():
