@@ -10,7 +10,8 @@ service does (pairwise plagiarism verdicts, aggregated by modeldiff.plagiarism.s
 also checked with the arguments swapped, to see how often its direction is visible without registration order.
 
 Prints the statistics each threshold separates (so the defaults in configs/base.yaml can be checked or re-derived),
-the true- and false-positive rates and how often the parent is named, for the black-box signal alone and combined.
+the true- and false-positive rates and how often the parent is named, for each plagiarism.mode: the black box
+alone, the white box alone, and combined.
 
     python benchmarks/plagiarism_calibration.py            # ~5 min on 2 cores
     python benchmarks/plagiarism_calibration.py --quick    # fewer models, fewer steps
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from modeldiff import pipeline
-from modeldiff.analysis.plagiarism import black_box, black_box_verdict, screening_verdict
+from modeldiff.analysis.plagiarism import Thresholds, black_box, black_box_verdict, screening_verdict
 from modeldiff.config import load_config
 from modeldiff.method.toy import ToyTask, make_toy_model, train_toy_model
 from modeldiff.models import LoadedModel, decode_digits
@@ -97,6 +98,8 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config, args.overrides)
+    thresholds = Thresholds.from_config(cfg)
+    white_box_cfg = load_config(args.config, f"{args.overrides} plagiarism.mode=white_box")
     task = ToyTask(int(cfg.space.length), int(cfg.space.vocab_size), int(cfg.toy.modulus))
     t0 = time.perf_counter()
     family = build_family(task, int(cfg.toy.train_steps), args.quick)
@@ -116,10 +119,10 @@ def main():
         ab = pipeline.cross_eval(cfg, outdists[a], loaded[a], loaded[b], "A")
         ba = pipeline.cross_eval(cfg, outdists[b], loaded[b], loaded[a], "B")
         verdict, rep = pipeline.plagiarism(cfg, loaded[a], loaded[b], ab, ba)
-        bb_only = black_box_verdict(
-            black_box(ab, ba, pipeline.plagiarism_thresholds(cfg)), pipeline.plagiarism_thresholds(cfg)
-        )
+        bb_only = black_box_verdict(black_box(ab, ba, thresholds), thresholds)
+        wb_only, _ = pipeline.plagiarism(white_box_cfg, loaded[a], loaded[b], None, None)
         rep["black_box_only"] = {"verdict": bb_only.verdict, "copy": bb_only.copy}
+        rep["white_box_only"] = {"verdict": wb_only.verdict, "copy": wb_only.copy}
         return rep
 
     t0 = time.perf_counter()
@@ -131,8 +134,8 @@ def main():
     swapped = {n: pair(n, "parent") for n, (_, kind, _) in family.items() if kind == "copy"}
     t_pairs = time.perf_counter() - t0
 
-    def screen(results: dict, black_box_only: bool) -> tuple[str, str]:
-        reps = [(c, {**r, **r["black_box_only"]} if black_box_only else r) for c, r in results.items()]
+    def screen(results: dict, only: str | None) -> tuple[str, str]:
+        reps = [(c, {**r, **r[only]} if only else r) for c, r in results.items()]
         verdict, counterpart, _ = screening_verdict(reps)
         return verdict, counterpart
 
@@ -173,15 +176,19 @@ def main():
     )
 
     print("\n=== screening verdicts (each model against the base models registered before it) ===")
-    print(f"{'model':16s} {'truth':22s} {'black box alone':34s} combined")
+    print(f"{'model':16s} {'truth':22s} {'black box alone':34s} {'white box alone':34s} combined")
     rows = []
     for name, (_, kind, parent) in family.items():
         truth = {"base": "independent", "copy": f"copy of {parent}", "finetune": f"fine-tune of {parent}"}[kind]
-        bbv, bbc = screen(pairs[name], True)
-        v, c = screen(pairs[name], False)
-        rows.append(dict(name=name, kind=kind, parent=parent, bb=(bbv, bbc), combined=(v, c)))
+        row = dict(name=name, kind=kind, parent=parent)
+        row.update(
+            bb=screen(pairs[name], "black_box_only"),
+            wb=screen(pairs[name], "white_box_only"),
+            combined=screen(pairs[name], None),
+        )
+        rows.append(row)
         fmt = lambda vc: f"{vc[0]}{' ' + vc[1] if vc[1] else ''}"  # noqa: E731
-        print(f"{name:16s} {truth:22s} {fmt((bbv, bbc)):34s} {fmt((v, c))}")
+        print(f"{name:16s} {truth:22s} {fmt(row['bb']):34s} {fmt(row['wb']):34s} {fmt(row['combined'])}")
 
     def rates(key: str) -> dict:
         cp = [r for r in rows if r["kind"] == "copy"]
@@ -198,7 +205,7 @@ def main():
 
     print("\n=== rates ===")
     summary = {}
-    for key, label in (("bb", "black box alone"), ("combined", "combined")):
+    for key, label in (("bb", "black box alone"), ("wb", "white box alone"), ("combined", "combined")):
         r = summary[key] = rates(key)
         print(
             f"{label:16s} noise copies flagged {r['tpr']:.0%} (parent named {r['parent_named']:.0%}) of {r['n'][0]}; "

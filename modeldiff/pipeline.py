@@ -142,19 +142,20 @@ def normalize(
     return ratio, lambda_sweep(ab["D"], ab["in_z_other"], ba["D"], ba["in_z_other"])
 
 
-def plagiarism(cfg, a: LoadedModel, b: LoadedModel, ab: pd.DataFrame, ba: pd.DataFrame) -> tuple[Verdict, dict]:
-    """The verdict on the pair (is B a copy of A, or A of B?) from both sides' cross_eval draws and, when the
-    architectures match, the weights; returns it with the body of plagiarism.json."""
-    thresholds = Thresholds.from_config(cfg)
-    bb = black_box(ab, ba, thresholds)
-    wb = weight_relatedness(
-        a.model,
-        b.model,
-        permutations=int(cfg.plagiarism.permutations),
-        simulations=int(cfg.plagiarism.simulations),
-        seed=int(cfg.seed),
-    )
-    verdict = decide(bb, wb, thresholds)
+def plagiarism(
+    cfg, a: LoadedModel, b: LoadedModel, ab: pd.DataFrame | None, ba: pd.DataFrame | None
+) -> tuple[Verdict, dict]:
+    """The verdict on the pair (is B a copy of A, or A of B?) with the evidence `plagiarism.mode` allows: both sides'
+    cross_eval draws (black_box; `ab`, `ba` may be None in white_box mode), the weights when the architectures match
+    (white_box), or both (combined); returns it with the body of plagiarism.json."""
+    thresholds, pc = Thresholds.from_config(cfg), cfg.plagiarism
+    bb = black_box(ab, ba, thresholds) if pc.mode != "white_box" else None
+    wb = None
+    if pc.mode != "black_box":  # black_box never touches the weights
+        wb = weight_relatedness(
+            a.model, b.model, permutations=int(pc.permutations), simulations=int(pc.simulations), seed=int(cfg.seed)
+        )
+    verdict = decide(bb, wb, thresholds, pc.mode)
     return verdict, report(bb, wb, verdict, thresholds)
 
 

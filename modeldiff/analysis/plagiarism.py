@@ -13,18 +13,22 @@ are: the 95th percentile of |D| over both sides' draws. Below a calibrated thres
 copies of each other (the paper's Fig. 4: "the area of overlap is larger because the two models are more
 similar"); an exact or permuted copy has |D| at float noise.
 
-White box (modeldiff.relatedness), when both have the same architecture: are the weights related at all
-(p-values against independent training), is their difference i.i.d. noise (a noise copy) or structured
-(a fine-tune), and which side carries the extra noise energy.
+White box (modeldiff.analysis.relatedness), when both have the same architecture: are the weights related at all
+(p-values against independent training, whose nulls permute only the network's true symmetries), is their
+difference, once B's units and heads are aligned to A's, i.i.d. noise (a noise copy) or structured (a fine-tune),
+and which side carries the extra weight energy.
 
-    related + (near-identical function, or noise-like difference) -> suspected_copy_of
-    related + structured difference                     -> related (e.g. a fine-tune)
-    not related                                         -> independent (inconclusive if the black box says copy)
-    no white box: the black box alone -> dominated or same function: suspected_copy_of; each model wins on its
-    own inputs: independent; otherwise inconclusive (so near-identical or dominated -> suspected_copy_of).
-Which one is the copy: the black box's dominated side if decisive, else the weight-energy direction if
-decisive, else the argument order (model B is the candidate copy of model A, as when screening a new
-registry version against the registered ones).
+Modes (`plagiarism.mode`): `combined` uses both; `black_box` only the models' scores (the cross_eval draws: what a
+user has for a model whose weights are not at hand); `white_box` only the weights.
+    related + (noise-like difference, or near-identical function) -> suspected_copy_of
+    related + structured difference                               -> related (e.g. a fine-tune)
+    not related -> independent (combined: inconclusive if the black box says copy)
+    no white box (black_box mode, or weights that cannot be compared): dominated or same function ->
+        suspected_copy_of; each model wins on its own inputs -> independent; otherwise inconclusive
+    white_box mode with weights that cannot be compared -> inconclusive, with the reason
+Which one is the copy: the black box's dominated side if decisive; else, for a noise-like difference, the
+weight-energy direction if decisive; else the argument order (model B is the candidate copy of model A, as when
+screening a new registry version against the registered ones), and `direction_evidence` says which it was.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from scipy.stats import norm
 
 from modeldiff.method.uncertainty import input_ess
 
+from . import PLAGIARISM_MODES
 from .relatedness import Relatedness
 
 
@@ -148,13 +153,24 @@ class Verdict:
     direction_evidence: str | None  # black_box, weight_energy or argument_order (for suspected_copy_of)
     reason: str
     signals: dict = field(default_factory=dict)
+    mode: str = "combined"  # the evidence it used: combined, black_box or white_box
 
 
-def _direction(bb: BlackBox, wb: Relatedness | None, thresholds: Thresholds) -> tuple[str, str]:
-    """(the copy's side, the evidence for it)."""
-    if bb.dominated:
+def _noise_like(wb: Relatedness, thresholds: Thresholds) -> bool:
+    return wb.identical_weights or wb.structure_p_value >= thresholds.noise_alpha
+
+
+def _direction(bb: BlackBox | None, wb: Relatedness | None, thresholds: Thresholds) -> tuple[str, str]:
+    """(the copy's side, the evidence for it). Weight energy names the copy only when the difference is noise-like:
+    otherwise it shows which model has more weight energy, not which was copied."""
+    if bb is not None and bb.dominated:
         return bb.dominated, "black_box"
-    if wb is not None and wb.applicable and abs(wb.direction_z) > thresholds.direction_z:
+    if (
+        wb is not None
+        and wb.applicable
+        and _noise_like(wb, thresholds)
+        and abs(wb.direction_z) > thresholds.direction_z
+    ):
         return ("B" if wb.direction_z > 0 else "A"), "weight_energy"
     return "B", "argument_order"
 
@@ -180,55 +196,85 @@ def _black_box_text(bb: BlackBox, thresholds: Thresholds) -> str:
     )
 
 
-def decide(bb: BlackBox, wb: Relatedness | None, thresholds: Thresholds = Thresholds()) -> Verdict:
-    """Combine the black-box asymmetry with the white-box tests (None or not applicable: black box alone)."""
-    other = {"A": "B", "B": "A"}
-    bb_text = _black_box_text(bb, thresholds)
-    bb_copy = bb.near_identical or bb.dominated is not None
-    signals = {"black_box": "copy" if bb_copy else ("independent" if bb.own_wins else "undecided")}
-
-    def copy_verdict(reason: str) -> Verdict:
-        side, evidence = _direction(bb, wb, thresholds)
-        return Verdict("suspected_copy_of", side, other[side], evidence, reason, signals)
-
-    if wb is None or not wb.applicable:
-        signals["white_box"] = "not applicable"
-        reason = f"{bb_text}; white box: {wb.reason if wb is not None else 'weights not compared'}"
-        if bb_copy:
-            return copy_verdict(reason)
-        return Verdict("independent" if bb.own_wins else "inconclusive", None, None, None, reason, signals)
-    related = wb.p_value < thresholds.weight_alpha
-    noise_like = wb.identical_weights or wb.structure_p_value >= thresholds.noise_alpha
-    signals["white_box"] = "independent" if not related else "noise copy" if noise_like else "structured change"
-    wb_text = (
+def _white_box_text(wb: Relatedness, related: bool, noise_like: bool, thresholds: Thresholds) -> str:
+    text = (
         f"weights {'related' if related else 'not related'} (independence p = {wb.p_value:.3g}, "
         f"α = {thresholds.weight_alpha:g}; median centred cosine {wb.cosine_median:.4f})"
     )
+    if not related:
+        return text
+    moved = ", ".join(
+        f"{share:.0%} of B's {what} relabelled to match A's"
+        for what, share in (("hidden units", wb.units_moved), ("heads", wb.heads_moved))
+        if share > 0
+    )
+    how = (
+        "identical weights"
+        if wb.identical_weights
+        else f"their difference is {'consistent with i.i.d. noise' if noise_like else 'structured'} "
+        f"(p = {wb.structure_p_value:.3g}, median spectral ratio {wb.spectral_ratio_median:.3f})"
+    )
+    return f"{text}; {moved + '; ' if moved else ''}{how}"
+
+
+def decide(
+    bb: BlackBox | None, wb: Relatedness | None, thresholds: Thresholds = Thresholds(), mode: str = "combined"
+) -> Verdict:
+    """The verdict from the evidence `mode` allows: the black-box asymmetry (needs `bb`), the white-box tests (None
+    or not applicable: in combined mode the black box decides alone, in white_box mode the verdict is
+    inconclusive), or both."""
+    if mode not in PLAGIARISM_MODES:
+        raise ValueError(f"plagiarism mode must be one of {', '.join(PLAGIARISM_MODES)}, got {mode!r}")
+    if mode != "white_box" and bb is None:
+        raise ValueError(f"plagiarism mode {mode} needs both sides' cross_eval draws (the black box)")
+    bb = None if mode == "white_box" else bb
+    wb = None if mode == "black_box" else wb
+    other = {"A": "B", "B": "A"}
+    signals = {}
+    if bb is not None:
+        bb_text = _black_box_text(bb, thresholds)
+        bb_copy = bb.near_identical or bb.dominated is not None
+        signals["black_box"] = "copy" if bb_copy else ("independent" if bb.own_wins else "undecided")
+
+    def verdict(kind: str, reason: str) -> Verdict:
+        if kind != "suspected_copy_of":
+            return Verdict(kind, None, None, None, reason, signals, mode)
+        side, evidence = _direction(bb, wb, thresholds)
+        return Verdict(kind, side, other[side], evidence, reason, signals, mode)
+
+    if wb is None or not wb.applicable:
+        if mode == "black_box":
+            reason = f"{bb_text} (black box only: the weights are not used)"
+        else:
+            signals["white_box"] = "not applicable"
+            why = f"white box: {wb.reason if wb is not None else 'weights not compared'}"
+            if bb is None:
+                return verdict("inconclusive", f"{why}; the white_box mode has no other evidence")
+            reason = f"{bb_text}; {why}"
+        if bb_copy:
+            return verdict("suspected_copy_of", reason)
+        return verdict("independent" if bb.own_wins else "inconclusive", reason)
+    related = wb.p_value < thresholds.weight_alpha
+    noise_like = _noise_like(wb, thresholds)
+    signals["white_box"] = "independent" if not related else "noise copy" if noise_like else "structured change"
+    wb_text = _white_box_text(wb, related, noise_like, thresholds)
+    reason = f"{wb_text}; {bb_text}" if bb is not None else f"{wb_text} (white box only: the scores are not used)"
     if related:
-        how = (
-            "identical weights"
-            if wb.identical_weights
-            else f"their difference is {'consistent with i.i.d. noise' if noise_like else 'structured'} "
-            f"(p = {wb.structure_p_value:.3g}, median spectral ratio {wb.spectral_ratio_median:.3f})"
-        )
-        reason = f"{wb_text}; {how}; {bb_text}"
-        return (
-            copy_verdict(reason)
-            if noise_like or bb.near_identical
-            else Verdict("related", None, None, None, reason, signals)
-        )
-    if bb_copy:
-        return Verdict("inconclusive", None, None, None, f"{bb_text}, but {wb_text}", signals)
-    return Verdict("independent", None, None, None, f"{wb_text}; {bb_text}", signals)
+        near_identical = bb is not None and bb.near_identical
+        return verdict("suspected_copy_of" if noise_like or near_identical else "related", reason)
+    if bb is not None and bb_copy:
+        return verdict("inconclusive", f"{bb_text}, but {wb_text}")
+    return verdict("independent", reason)
 
 
 def black_box_verdict(bb: BlackBox, thresholds: Thresholds = Thresholds()) -> Verdict:
-    """The black-box signal alone (for calibration and for models whose weights cannot be compared)."""
-    return decide(bb, None, thresholds)
+    """The black-box signal alone (the black_box mode)."""
+    return decide(bb, None, thresholds, "black_box")
 
 
-def report(bb: BlackBox, wb: Relatedness | None, verdict: Verdict, thresholds: Thresholds) -> dict:
-    """The body of plagiarism.json (model refs are added by the caller)."""
+def report(bb: BlackBox | None, wb: Relatedness | None, verdict: Verdict, thresholds: Thresholds) -> dict:
+    """The body of plagiarism.json (model refs are added by the caller): the verdict, the mode that made it, and the
+    evidence that mode used (`black_box` is None in white_box mode, `white_box` absent in black_box mode)."""
 
     def side(s: SideStatistic) -> dict:
         d = asdict(s)
@@ -237,22 +283,25 @@ def report(bb: BlackBox, wb: Relatedness | None, verdict: Verdict, thresholds: T
 
     out = {
         "verdict": verdict.verdict,
+        "mode": verdict.mode,
         "copy": verdict.copy,
         "parent": verdict.parent,
         "direction_evidence": verdict.direction_evidence,
         "reason": verdict.reason,
         "signals": verdict.signals,
         "thresholds": asdict(thresholds),
-        "black_box": {
+        "black_box": None,
+    }
+    if bb is not None and verdict.mode != "white_box":
+        out["black_box"] = {
             "A": side(bb.a),
             "B": side(bb.b),
             "abs_D_q95": bb.abs_D_q95,
             "near_identical": bb.near_identical,
             "dominated": bb.dominated,
             "own_wins": bb.own_wins,
-        },
-    }
-    if wb is not None:
+        }
+    if wb is not None and verdict.mode != "black_box":
         out["white_box"] = {
             **wb.summary(),
             "tensors": [asdict(t) for t in wb.tensors or []],
@@ -264,13 +313,15 @@ def report(bb: BlackBox, wb: Relatedness | None, verdict: Verdict, thresholds: T
 
 def statistic(rep: dict) -> dict:
     """The few numbers behind a verdict (the registry tag `modeldiff.lineage.statistic`)."""
-    bb, wb = rep["black_box"], rep.get("white_box") or {}
-    out = {
-        "q_A": round(bb["A"]["other_wins"], 4),
-        "q_B": round(bb["B"]["other_wins"], 4),
-        "q_B_interval": [round(v, 4) for v in bb["B"]["interval"]],
-        "abs_D_q95": float(f"{bb['abs_D_q95']:.3g}"),
-    }
+    bb, wb = rep.get("black_box"), rep.get("white_box") or {}
+    out = {"mode": rep.get("mode", "combined")}
+    if bb:
+        out.update(
+            q_A=round(bb["A"]["other_wins"], 4),
+            q_B=round(bb["B"]["other_wins"], 4),
+            q_B_interval=[round(v, 4) for v in bb["B"]["interval"]],
+            abs_D_q95=float(f"{bb['abs_D_q95']:.3g}"),
+        )
     if wb.get("applicable"):
         out.update(
             weight_p=float(f"{wb['p_value']:.3g}"),
@@ -291,9 +342,9 @@ def screening_verdict(results: list[tuple[str, dict]], skipped=()) -> tuple[str,
         return "independent", "", {"note": "no model of its vocabulary was registered before it"}
 
     def strength(rep: dict) -> tuple:
-        wb = rep.get("white_box") or {}
+        wb, bb = rep.get("white_box") or {}, rep.get("black_box")
         p = wb.get("p_value") if wb.get("applicable") else None
-        return (p if p is not None else 1.0, rep["black_box"]["abs_D_q95"], -rep["black_box"]["B"]["interval"][0])
+        return (p if p is not None else 1.0, *((bb["abs_D_q95"], -bb["B"]["interval"][0]) if bb else (math.inf, 0.0)))
 
     copies = [(c, r) for c, r in results if r["verdict"] == "suspected_copy_of" and r["copy"] == "B"]
     if copies:

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from modeldiff.analysis import ANNOTATORS
+from modeldiff.analysis import ANNOTATORS, PLAGIARISM_MODES
 from modeldiff.analysis.measures import Settings as TokendiffSettings
 from modeldiff.method import KERNELS, OUTPUTS, SAMPLERS, WITHIN_BIN, ancestral_rules, check_z_range
 
@@ -256,6 +256,7 @@ class ToySection(Section):
 @dataclass(frozen=True)
 class PlagiarismSection(Section):
     name: ClassVar[str] = "plagiarism"
+    mode: str
     dominated: float
     own_wins: float
     confidence: float
@@ -269,6 +270,7 @@ class PlagiarismSection(Section):
 
     def rules(self):
         return [
+            ("mode", self.mode in PLAGIARISM_MODES, f"one of {', '.join(PLAGIARISM_MODES)}"),
             ("dominated", 0 <= self.dominated < 1, ">= 0 and < 1"),
             ("own_wins", 0 < self.own_wins <= 1, "> 0 and <= 1"),
             ("confidence", 0 < self.confidence < 1, "> 0 and < 1"),

@@ -1,6 +1,6 @@
 """The paper's toy task (Appendix C): L tokens from 0..V−1 whose sum is divisible by M.
 
-Toy models are GPT-2s with vocabulary V+1 (BOS = V), trained in-process on sequences drawn
+Toy models are GPT-2s (or Llamas) with vocabulary V+1 (BOS = V), trained in-process on sequences drawn
 uniformly from the valid set, and saved as ordinary Hugging Face model directories.
 """
 
@@ -75,25 +75,52 @@ class ToyTask:
         return out
 
 
-def make_toy_model(task: ToyTask, n_embd: int = 64, n_head: int = 4, n_layer: int = 6, seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+def make_toy_model(
+    task: ToyTask,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_layer: int = 6,
+    seed: int = 0,
+    family: str = "gpt2",
+    n_kv_head: int | None = None,
+):
+    """A randomly initialised toy over the task's vocabulary (+BOS): a GPT-2 (learned positions, LayerNorm, GELU
+    MLP of 4·n_embd units), or with `family="llama"` a Llama (RoPE, RMSNorm, SwiGLU MLP of 4·n_embd units,
+    `n_kv_head` key/value heads for grouped-query attention, untied output head)."""
+    if family not in ("gpt2", "llama"):
+        raise ValueError(f"toy model family must be 'gpt2' or 'llama', got {family!r}")
     torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=task.vocab_size + 1,
-        n_positions=task.length + 1,
-        n_embd=n_embd,
-        n_head=n_head,
-        n_layer=n_layer,
-        activation_function="gelu_pytorch_tanh",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=task.bos_token_id,
-        eos_token_id=task.bos_token_id,
-    )
+    common = dict(vocab_size=task.vocab_size + 1, bos_token_id=task.bos_token_id, eos_token_id=task.bos_token_id)
+    if family == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            hidden_size=n_embd,
+            intermediate_size=4 * n_embd,
+            num_attention_heads=n_head,
+            num_key_value_heads=n_kv_head or n_head,
+            num_hidden_layers=n_layer,
+            max_position_embeddings=task.length + 1,
+            **common,
+        )
+        model_class = LlamaForCausalLM
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(
+            n_positions=task.length + 1,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_layer=n_layer,
+            activation_function="gelu_pytorch_tanh",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
+        model_class = GPT2LMHeadModel
     config.modeldiff_toy = dict(length=task.length, vocab_size=task.vocab_size, modulus=task.modulus)
-    return GPT2LMHeadModel(config)
+    return model_class(config)
 
 
 def train_toy_model(

@@ -91,6 +91,21 @@ def test_independent_seed_is_no_copy_and_steps_are_reused(store, copy_check):
     assert len(runs_of(store, "sample_outdist")) == before + 1  # toy:small's distribution came from the first check
 
 
+def test_white_box_mode_runs_no_chain(store, copy_check):
+    """plagiarism.mode=white_box: the weights alone, no sampling; inconclusive (with why) across architectures."""
+    before = {stage: len(runs_of(store, stage)) for stage in ("sample_outdist", "cross_eval", "normalize")}
+    white_box = ["--overrides", OVERRIDES + " plagiarism.mode=white_box", "--model_a", "toy:small"]
+    rep = plagiarism_check.main(white_box + ["--model_b", COPY])
+    assert (rep["mode"], rep["verdict"], rep["copy_model"]) == ("white_box", "suspected_copy_of", COPY), rep["reason"]
+    assert rep["black_box"] is None and rep["runs"] == {} and rep["ratio"] is None
+    assert rep["white_box"]["p_value"] < 1e-6 and "white box only" in rep["reason"]
+    rep = plagiarism_check.main(white_box + ["--model_b", "toy:large"])
+    assert (rep["mode"], rep["verdict"]) == ("white_box", "inconclusive") and "architectures differ" in rep["reason"]
+    assert {stage: len(runs_of(store, stage)) for stage in before} == before
+    run = runs_of(store, "plagiarism_check")[0]
+    assert run.data.tags["modeldiff.verdict"] == "inconclusive" and "q_A" not in run.data.metrics
+
+
 def test_registry_versions_get_lineage_tags_and_poll_screens_them(store, copy_check):
     cfg = load_config("toy", OVERRIDES)
     register_model("toy:small", "origin", cfg)

@@ -1,10 +1,11 @@
 """Stage `plagiarism_check`: is one model a (noise-added) copy of another? (paper Sec. 4.3)
 
-Two modes:
+Two ways to call it:
 - a pair, `--model_a A --model_b B`: the Model-diff chain for the pair (child runs, reusing finished identical ones),
   then the black-box asymmetry of both sides' draws and, for equal architectures, the white-box weight tests
-  (modeldiff.plagiarism); logs plagiarism.json. Model B is the candidate copy of model A unless the evidence
-  shows the reverse. If B is a registry version, its lineage tags are written too.
+  (modeldiff.analysis.plagiarism); logs plagiarism.json. Model B is the candidate copy of model A unless the
+  evidence shows the reverse. If B is a registry version, its lineage tags are written too. `plagiarism.mode`
+  chooses the evidence: with `white_box` the chain is not run at all (the weights alone decide).
 - a registry version, `--version models:/name/N`: that version against every registered version of the same
   vocabulary created before it, one pair each; the strongest finding becomes the version's lineage tags
   (DESIGN §4). The screening service runs this mode for every new version.
@@ -28,13 +29,15 @@ from . import STAGE
 
 def check_pair(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -> tuple[dict, tuple | None]:
     """The chain's steps for (a, b), then the verdict; returns the plagiarism.json body and the two sides' draws
-    (main process), or ({}, None)."""
-    runs = run_steps(cfg, dist, a, b, experiment_id)
+    (main process; no draws in white_box mode, which runs no chain), or ({}, None)."""
+    white_box = cfg.plagiarism.mode == "white_box"
+    runs = {} if white_box else run_steps(cfg, dist, a, b, experiment_id)
     if not dist.is_main:
         return {}, None
-    ab, ba = tracking.load_draws(runs["cross_eval_AB"]), tracking.load_draws(runs["cross_eval_BA"])
-    verdict, rep = pipeline.plagiarism(cfg, a, b, ab, ba)
-    ratio = tracking.load_json(runs["normalize"], "normalize", "ratio.json")
+    draws = (
+        None if white_box else (tracking.load_draws(runs["cross_eval_AB"]), tracking.load_draws(runs["cross_eval_BA"]))
+    )
+    verdict, rep = pipeline.plagiarism(cfg, a, b, *(draws or (None, None)))
     names = {"A": a.ref, "B": b.ref}
     return {
         "model_a": a.ref,
@@ -44,20 +47,22 @@ def check_pair(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -
         "copy_model": names.get(verdict.copy),
         "parent_model": names.get(verdict.parent),
         **rep,
-        "ratio": ratio["ratio"],
+        "ratio": None if white_box else tracking.load_json(runs["normalize"], "normalize", "ratio.json")["ratio"],
         "runs": runs,
-    }, (ab, ba)
+    }, draws
 
 
 def _metrics(rep: dict) -> dict:
-    bb, wb = rep["black_box"], rep.get("white_box") or {}
-    out = {
-        "q_A": bb["A"]["other_wins"],
-        "q_B": bb["B"]["other_wins"],
-        "q_B_lower": bb["B"]["interval"][0],
-        "q_A_lower": bb["A"]["interval"][0],
-        "abs_D_q95": bb["abs_D_q95"],
-    }
+    bb, wb = rep.get("black_box"), rep.get("white_box") or {}
+    out = {}
+    if bb:
+        out.update(
+            q_A=bb["A"]["other_wins"],
+            q_B=bb["B"]["other_wins"],
+            q_B_lower=bb["B"]["interval"][0],
+            q_A_lower=bb["A"]["interval"][0],
+            abs_D_q95=bb["abs_D_q95"],
+        )
     if wb.get("applicable"):
         out.update(
             weight_p_value=wb["p_value"],
@@ -80,10 +85,10 @@ def _pair_mode(cfg, dist: Dist, model_a: str, model_b: str) -> dict | None:
         return None
     mlflow.log_dict(rep, "plagiarism.json")
     mlflow.log_metrics(_metrics(rep))
-    ab, ba = draws
-    tracking.log_figure(
-        plots.d_overlay_figure(ab, ba, title=f"A = {a.ref}, B = {b.ref}: {rep['verdict']}"), "plots/D_overlay.png"
-    )
+    if draws:
+        tracking.log_figure(
+            plots.d_overlay_figure(*draws, title=f"A = {a.ref}, B = {b.ref}: {rep['verdict']}"), "plots/D_overlay.png"
+        )
     mlflow.set_tag("modeldiff.verdict", rep["verdict"])
     if model_b.startswith("models:/"):  # a registry version gets its lineage tags from an explicit check too
         verdict = rep["verdict"] if rep["copy"] in (None, "B") else "related"
@@ -97,8 +102,11 @@ def _pair_mode(cfg, dist: Dist, model_a: str, model_b: str) -> dict | None:
 
 def _describe(rep: dict) -> str:
     if rep["verdict"] == "suspected_copy_of":
-        return f"{rep['copy_model']} is a suspected copy of {rep['parent_model']} ({rep['direction_evidence']})"
-    return f"{rep['verdict']} ({rep['reason']})"
+        return (
+            f"{rep['copy_model']} is a suspected copy of {rep['parent_model']} "
+            f"(direction: {rep['direction_evidence']}; mode {rep['mode']})"
+        )
+    return f"{rep['verdict']} ({rep['reason']}; mode {rep['mode']})"
 
 
 # a counterpart that fails to load or compare (unreadable, refused by the screening policy, another vocabulary, a
@@ -145,7 +153,10 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
         "counterpart": counterpart,
         "statistic": stat,
         "counterparts": [c for c, _ in counterparts],
-        "pairs": {c: {k: r[k] for k in ("verdict", "copy", "direction_evidence", "reason")} for c, r in results},
+        "mode": cfg.plagiarism.mode,
+        "pairs": {
+            c: {k: r.get(k) for k in ("verdict", "mode", "copy", "direction_evidence", "reason")} for c, r in results
+        },
         "skipped": skipped,
     }
     mlflow.log_dict(body, "plagiarism.json")
