@@ -86,7 +86,7 @@ def test_toy_rule_precision_and_recall_match_enumeration(role, window, draws, re
     """The toy rule scores every draw in the window; the sampled precision and recall (recall on the terms'
     scale) agree with exact enumeration over X_src within 4 reported standard errors. With stage 1 held fixed the
     standard error is the delta method's for N_DRAWS draws; stage 1's replicates add the output distribution's own
-    error (tests/slow/test_uncertainty.py shows the sum covers at the stated rate)."""
+    error (tests/slow/test_uncertainty_coverage.py shows the sum covers at the stated rate)."""
     d = draws[role]
     direction = "AB" if role == "A" else "BA"
     w = parse_window(window, direction, 0.0)

@@ -136,3 +136,10 @@ def test_config_and_cli_listing_import_no_torch(code):
     check = code + "; import sys; print(sorted(m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_test_files_have_unique_names_across_tiers():
+    """pytest's default import mode imports each test file under its bare name: two tiers with the same file name
+    stop the whole run at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
