@@ -317,7 +317,7 @@ def build_output_distribution(
     z_x, ln_w_x = res.z[first], res.ln_weight[first]
     edges = make_edges(float(z_x.min()), float(z_x.max()), (lo, hi), bin_width)
     n_bins = len(edges) - 1
-    bin_x = bin_of(z_x, edges)
+    bin_x = bin_of(z_x, edges, (lo, hi))
     bin_i, ln_w_i = bin_x[inverse], ln_w_x[inverse]
 
     blocks, unit = np.unique(res.block, return_inverse=True)

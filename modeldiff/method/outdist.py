@@ -37,12 +37,27 @@ def make_edges(z_min: float, z_max: float, z_range, width: float) -> np.ndarray:
     w = (hi - lo) / n_in  # shrink slightly so Z is a whole number of bins
     below = max(0, int(np.ceil((lo - z_min) / w)))
     above = max(0, int(np.ceil((z_max - hi) / w)))
-    return lo + w * np.arange(-below, n_in + above + 1)
+    edges = lo + w * np.arange(-below, n_in + above + 1)
+    edges[below], edges[below + n_in] = lo, hi  # exactly, so that z = z± meets the edge it should
+    return edges
 
 
-def bin_of(z: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The bin of each z (values beyond the ends go to the end bins)."""
-    return np.clip(np.searchsorted(edges, z, side="right") - 1, 0, len(edges) - 2)
+def bin_of(z: np.ndarray, edges: np.ndarray, z_range=None) -> np.ndarray:
+    """The bin of each z (values beyond the ends go to the end bins). Bins are [e_i, e_i+1), but Z is closed
+    (DESIGN: Z = [z−, z+]): with `z_range` given, z = z+ falls in Z's top bin, not in the bin above Z."""
+    z = np.asarray(z)
+    idx = np.searchsorted(edges, z, side="right") - 1
+    if z_range is not None:
+        idx = np.where(z == float(z_range[1]), np.searchsorted(edges, z, side="left") - 1, idx)
+    return np.clip(idx, 0, len(edges) - 2)
+
+
+def fine_bin_of(z: np.ndarray, edges: np.ndarray, sub: int, z_range) -> np.ndarray:
+    """The solver sub-bin of each z: `sub` equal parts of its bin (bin_of's bin, so both grids agree on Z's
+    closed top edge whatever the rounding of the sub-bin edges)."""
+    coarse = bin_of(z, edges, z_range)
+    frac = (np.asarray(z, np.float64) - edges[coarse]) / (edges[coarse + 1] - edges[coarse])
+    return coarse * sub + np.clip(np.floor(frac * sub).astype(np.int64), 0, sub - 1)
 
 
 # optional arrays of outdist.npz: saved when set, None when a file lacks them
@@ -182,7 +197,7 @@ def _representatives(
             "count": counts,
             # a distinct input's weight sums its records' weights: count × w(z)
             "ln_weight": np.log(counts) + log_weights(z_u, f, n_k, pt.temperatures),
-            "bin": bin_of(z_u, edges),
+            "bin": bin_of(z_u, edges, z_range),
         }
     )
     if decode is not None:
@@ -218,7 +233,7 @@ def build_output_distribution(
     fine, sub = solver_grid(edges, float(temps.min()))
     fine_centres = 0.5 * (fine[1:] + fine[:-1])
     n_fine = len(fine) - 1
-    fine_bin = np.clip(np.searchsorted(fine, pt.z, side="right") - 1, 0, n_fine - 1)
+    fine_bin = fine_bin_of(pt.z, edges, sub, (lo, hi))
 
     ladders, ladder_index = np.unique(pt.ladder, return_inverse=True)
     replica = pt.replica.astype(np.int64)
