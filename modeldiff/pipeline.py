@@ -135,6 +135,12 @@ def normalize(
     and the λ sweep."""
     lam = float(cfg["lambda"])
     ratio = ratio_from_frames(ab, ba, lam)
+    if ratio["terms"]["PD_AB"] == 0:  # the ratio divides by it: NaN is no answer, and no JSON either
+        raise ValueError(
+            f"no A→B draw has D < −λ (λ = {lam:g}; {ratio['counts']['n_A_in_B']} draws with both models in Z), so "
+            "PD_AB = 0 and the ratio PD_AB : PA_AB : PA_BA : PD_BA, which divides by it, is undefined: lower lambda, "
+            "draw more (cross_eval.n_draws), or check that z_range holds inputs B finds likely too"
+        )
     u = cfg.uncertainty
     spread = ratio_uncertainty(ab, ab_replicates, ba, ba_replicates, lam, float(u.level), int(cfg.seed))
     ratio["counts"].update(spread.pop("ess"))

@@ -159,6 +159,11 @@ class GibbsWithGradients(Kernel):
 
     def evaluate(self, slots: torch.Tensor) -> ChainState:
         z, g = self.scorer.with_onehot_gradient(self.space.slots_to_ids(slots), self.allowed)
+        if not (torch.isfinite(g).all() and torch.isfinite(z).all()):  # NaN proposals would reject every move
+            raise FloatingPointError(
+                "gwg: the model's z or its gradient with respect to the input is NaN or infinite, so every move "
+                "would be rejected: load the model in float32 (model.dtype=float32) or use sampler.kernel=lm_proposal"
+            )
         delta = g.sub_(g.gather(-1, slots.unsqueeze(-1)))
         # +inf at the current tokens: their proposal logit −β·scale·Δ is then −inf, with no masking pass per step
         delta.scatter_(-1, slots.unsqueeze(-1), float("inf"))

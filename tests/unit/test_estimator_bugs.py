@@ -1,10 +1,17 @@
 """Estimator bugs found in review (issue 14, item 4): each test failed before its fix."""
 
 import numpy as np
+import pandas as pd
+import pytest
+import torch
 
+from modeldiff import pipeline
+from modeldiff.config import load_config
 from modeldiff.method.ancestral import AncestralResult
 from modeldiff.method.ancestral import build_output_distribution as ancestral_outdist
+from modeldiff.method.kernels import make_kernel
 from modeldiff.method.outdist import bin_of, build_output_distribution, make_edges
+from modeldiff.method.scoring import Scorer
 from modeldiff.method.toy import ToyTask
 from support.samples import mixed_tempering
 
@@ -52,3 +59,33 @@ def test_ancestral_representatives_at_z_plus_are_kept_in_z():
     od = ancestral_outdist(res, SPACE, (1.0, 2.25), 0.2, n_replicates=0)
     at_top = od.representatives[od.representatives["z"] == 2.25]
     assert len(at_top) > 0 and od.in_z[at_top["bin"].to_numpy()].all()
+
+
+def test_pd_ab_of_zero_is_a_clear_error_not_nan_in_ratio_json():
+    cfg = load_config("toy")
+    ab = pd.DataFrame({"D": [0.5, 0.2, 0.1], "in_z_other": [True, True, True]})  # B never wins on A's inputs
+    ba = pd.DataFrame({"D": [-0.3, 0.4, 0.1], "in_z_other": [True, True, False]})
+    with pytest.raises(ValueError, match=r"PD_AB = 0 and the ratio .* is undefined: lower lambda"):
+        pipeline.normalize(cfg, ab, ba, None, None)
+
+
+class _NanBackward(torch.autograd.Function):
+    """Identity forward, NaN gradient: a model whose scores are finite but whose input gradient is not (as a
+    half-precision backward that overflows gives)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+def test_gwg_raises_on_a_nan_gradient_instead_of_rejecting_every_move(random_gpt2):
+    task, model = random_gpt2
+    model.transformer.ln_f.register_forward_hook(lambda module, inputs, out: _NanBackward.apply(out))
+    kernel = make_kernel("gwg", task.space, Scorer(model, task.bos_token_id))
+    slots = torch.zeros((2, task.space.length), dtype=torch.long)
+    with pytest.raises(FloatingPointError, match="load the model in float32"):
+        kernel.evaluate(slots)
