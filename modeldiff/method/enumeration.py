@@ -24,7 +24,7 @@ MAX_ENUMERATION = 2 * 10**9
 def _check_size(space: InputSpace):
     if space.size > MAX_ENUMERATION:
         raise ValueError(
-            f"|Ω| = {space.size:.3g} is too large to enumerate (limit {MAX_ENUMERATION:.0g}); "
+            f"|Ω| = {space.size_text()} is too large to enumerate (limit {MAX_ENUMERATION:.0g}); "
             "use sampling (sample_outdist) instead"
         )
 

@@ -246,7 +246,7 @@ def build_output_distribution(
             "add temperatures between the coldest and hottest"
         )
     ln_rho = coarsen(sol.ln_rho, sub)
-    ln_rho += np.log(float(space.size)) - logsumexp(ln_rho[np.isfinite(ln_rho)])
+    ln_rho += space.log_size - logsumexp(ln_rho[np.isfinite(ln_rho)])
 
     hist = fine_hist.reshape(k_count, -1, sub).sum(-1)
     reps, rep_unit_count = _representatives(pt, ladder_index, len(ladders), (lo, hi), edges, sol.f, hist.sum(1), decode)

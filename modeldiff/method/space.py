@@ -42,6 +42,16 @@ class InputSpace:
         """|Ω| = V^L as an exact Python int."""
         return self.n_tokens**self.length
 
+    @property
+    def log_size(self) -> float:
+        """ln |Ω| = L · ln V, finite where |Ω| overflows a float (50,256^100 for gpt2-100)."""
+        return self.length * float(np.log(self.n_tokens))
+
+    def size_text(self) -> str:
+        """|Ω| for messages, e.g. '1e+470' where float(|Ω|) would overflow."""
+        exponent = self.log_size / np.log(10.0)
+        return f"{10 ** (exponent % 1):.3g}e+{int(exponent)}"
+
     def columns(self) -> slice | torch.Tensor:
         """The allowed ids as an index into a vocabulary axis: a slice (a view, no copy) when they are contiguous."""
         lo = self.token_ids[0]

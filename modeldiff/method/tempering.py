@@ -311,6 +311,7 @@ def run_parallel_tempering(
             r = (step - settings.burn_in) // settings.thin
             tallies.rec_slots[r] = state.slots.view(k_count, c, length).to(torch.int32)
             tallies.rec_z[r] = state.z.view(k_count, c)
-        if save_every > 0 and (step + 1) % save_every == 0 and step + 1 < settings.steps:
+        # and at the last step: a run that fails after sampling (building ρ̃, logging) resumes without sampling again
+        if save_every > 0 and ((step + 1) % save_every == 0 or step + 1 == settings.steps):
             checkpointing.save(snapshot(step + 1))
     return _result(space, settings, temps, ladder_ids, tallies, elapsed(), scored())

@@ -34,10 +34,10 @@ def assert_same_records(a, b):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
-@pytest.mark.parametrize("at", [0, 1, 3])  # before burn-in ends, just after, late
+@pytest.mark.parametrize("at", [0, 1, 3, 4])  # before burn-in ends, just after, late, after the last step
 def test_resume_equals_the_uninterrupted_run(tiny_task, toy_scorers, at):
     full, saved = run(toy_scorers[0], tiny_task.space)
-    assert [c["step"] for c in saved] == [25, 50, 75, 100]
+    assert [c["step"] for c in saved] == [25, 50, 75, 100, 120]  # the last step too: a later failure keeps it
     resumed, _ = run(toy_scorers[0], tiny_task.space, resume=saved[at])
     assert_same_records(full, resumed)
     assert resumed.n_scored == full.n_scored

@@ -9,9 +9,11 @@ from modeldiff import pipeline
 from modeldiff.config import load_config
 from modeldiff.method.ancestral import AncestralResult
 from modeldiff.method.ancestral import build_output_distribution as ancestral_outdist
+from modeldiff.method.enumeration import enumerate_z
 from modeldiff.method.kernels import make_kernel
 from modeldiff.method.outdist import bin_of, build_output_distribution, make_edges
 from modeldiff.method.scoring import Scorer
+from modeldiff.method.space import InputSpace
 from modeldiff.method.toy import ToyTask
 from support.samples import mixed_tempering
 
@@ -89,3 +91,21 @@ def test_gwg_raises_on_a_nan_gradient_instead_of_rejecting_every_move(random_gpt
     slots = torch.zeros((2, task.space.length), dtype=torch.long)
     with pytest.raises(FloatingPointError, match="load the model in float32"):
         kernel.evaluate(slots)
+
+
+def test_spaces_too_large_for_a_float_have_a_log_size_and_a_message():
+    gpt2_100 = InputSpace.from_vocab_size(length=100, vocab_size=50_256, bos_token_id=50_256)
+    assert gpt2_100.log_size == pytest.approx(100 * np.log(50_256), rel=1e-12)
+    assert gpt2_100.size_text() == "1.31e+470"
+    with pytest.raises(ValueError, match=r"\|Ω\| = 1.31e\+470 is too large to enumerate"):
+        enumerate_z(None, gpt2_100)
+
+
+def test_wham_normalises_a_space_too_large_for_a_float():
+    rng = np.random.default_rng(2)
+    z = rng.uniform(0.5, 3.0, SPACE.size)
+    pt = mixed_tempering(SPACE, z, [0.5, 1.0, 2.0], ladders=2, per_replica=200, rng=rng)
+    huge = InputSpace.from_vocab_size(length=100, vocab_size=50_256, bos_token_id=50_256)
+    small = build_output_distribution(pt, SPACE, (1.0, 2.25), 0.25, n_replicates=0)
+    big = build_output_distribution(pt, huge, (1.0, 2.25), 0.25, n_replicates=0)
+    np.testing.assert_allclose(big.ln_rho - small.ln_rho, huge.log_size - SPACE.log_size)
