@@ -10,6 +10,8 @@ through the `gather` callable it is given).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -22,6 +24,7 @@ from modeldiff.method.cross_eval import cross_evaluate
 from modeldiff.method.normalize import lambda_sweep, ratio_from_frames
 from modeldiff.method.outdist import OutputDistribution, build_output_distribution
 from modeldiff.method.scoring import Scorer
+from modeldiff.method.streams import stream_seed
 from modeldiff.method.tempering import Checkpointing, TemperingResult, TemperingSettings, run_parallel_tempering
 from modeldiff.method.uncertainty import SideReplicates, ratio_uncertainty, side_replicates
 from modeldiff.models import LoadedModel, check_comparable
@@ -52,10 +55,11 @@ def run_sampler(
     """Stage 1's samples of the units in `units` (default: all). `rounds` (ancestral): the most blocks any process
     runs, so that every process checkpoints at the same rounds (tempering's processes step in lockstep anyway)."""
     scorer = make_scorer(cfg, loaded)
+    seed = stream_seed(cfg.seed, loaded.identity, "sample_outdist")  # a model's own stream, whichever side it is
     if is_ancestral(cfg):
-        settings = AncestralSettings.from_config(cfg)
+        settings = replace(AncestralSettings.from_config(cfg), seed=seed)
         return run_ancestral(scorer, loaded.space, settings, units, progress, checkpointing, rounds)
-    settings = TemperingSettings.from_config(cfg)
+    settings = replace(TemperingSettings.from_config(cfg), seed=seed)
     return run_parallel_tempering(scorer, loaded.space, settings, units, progress, checkpointing)
 
 
@@ -78,7 +82,7 @@ def build_outdist(cfg, loaded: LoadedModel, result: TemperingResult | AncestralR
         float(cfg.bins.width),
         n_replicates=int(cfg.uncertainty.n_replicates),
         level=float(cfg.uncertainty.level),
-        seed=int(cfg.seed),
+        seed=stream_seed(cfg.seed, loaded.identity, "rho_band"),
         decode=loaded.decode,
     )
     od.meta.update(model=loaded.ref, model_identity=loaded.identity)
@@ -93,7 +97,7 @@ def cross_eval(
     cfg, od: OutputDistribution, src: LoadedModel, other: LoadedModel, role: str, shard=None
 ) -> pd.DataFrame:
     """`role` is the sampling model's side ("A" for A→B); `shard(scorer)` may wrap scorers (ShardedScorer).
-    A's and B's draws take different random streams of the one config seed."""
+    Each side's draws take their own stream of the one config seed (streams.stream_seed)."""
     check_comparable(src, other)
     if tuple(float(z) for z in cfg.z_range) != tuple(od.z_range):
         raise ValueError(
@@ -109,7 +113,7 @@ def cross_eval(
         wrap(make_scorer(cfg, other)),
         int(ce.n_draws),
         role=role,
-        seed=2 * int(cfg.seed) + (role == "B"),
+        seed=stream_seed(cfg.seed, src.identity, f"cross_eval:{role}"),
         within_bin=ce.within_bin,
         allow_empty_bins=bool(ce.allow_empty_bins),
         decode=src.decode,
@@ -122,7 +126,7 @@ def cross_eval_replicates(cfg, od: OutputDistribution, draws: pd.DataFrame, role
         od,
         draws["representative"],
         int(cfg.uncertainty.n_replicates),
-        int(cfg.seed),
+        stream_seed(cfg.seed, od.meta.get("model_identity", ""), f"replicates:{role}"),
         side=role,
         within_bin=cfg.cross_eval.within_bin,
     )

@@ -8,6 +8,7 @@ import torch
 from modeldiff import pipeline
 from modeldiff.config import load_config
 from modeldiff.method.scoring import ShardedScorer
+from modeldiff.method.streams import stream_seed
 from modeldiff.method.tempering import TemperingResult, ladder_slice
 from modeldiff.method.toy import ToyTask, make_toy_model
 from modeldiff.models import check_comparable, load_model
@@ -151,3 +152,18 @@ def test_cross_eval_refuses_a_different_z_range(cfg):
     od = pipeline.sample_outdist(cfg, a)
     with pytest.raises(ValueError, match=r"z_range \[1\.0, 1\.5\] differs from the \[1\.0, 1\.6\]"):
         pipeline.cross_eval(load_config("toy", TINY + " z_range=[1.0,1.5]"), od, a, a, "A")
+
+
+def test_each_side_draws_from_its_own_stream(cfg):
+    """A model and a σ = 0 'copy' (the same function, another identity) must not follow the same trajectories:
+    streams derive from (seed, identity, role); the same triple reproduces."""
+    a, copy = load_model("toy:small", cfg), load_model("noise:0:toy:small", cfg)
+    assert copy.identity != a.identity
+    run_a, run_copy = pipeline.run_sampler(cfg, a), pipeline.run_sampler(cfg, copy)
+    assert not np.array_equal(run_a.ids, run_copy.ids)
+    np.testing.assert_array_equal(pipeline.run_sampler(cfg, a).ids, run_a.ids)
+    od = pipeline.build_outdist(cfg, a, run_a)
+    as_a, as_b = pipeline.cross_eval(cfg, od, a, copy, "A"), pipeline.cross_eval(cfg, od, a, copy, "B")
+    assert not np.array_equal(np.stack(as_a["tokens"]), np.stack(as_b["tokens"]))
+    pd.testing.assert_frame_equal(pipeline.cross_eval(cfg, od, a, copy, "A"), as_a)
+    assert stream_seed(0, a.identity, "sample_outdist") != stream_seed(1, a.identity, "sample_outdist")
