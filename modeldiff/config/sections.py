@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from modeldiff.analysis import ANNOTATORS, PLAGIARISM_MODES
 from modeldiff.analysis.measures import Settings as TokendiffSettings
-from modeldiff.method import KERNELS, OUTPUTS, SAMPLERS, WITHIN_BIN, ancestral_rules, check_z_range
+from modeldiff.method import KERNELS, OUTPUTS, SAMPLERS, WITHIN_BIN, ancestral_rules, check_z_range, z_resolution
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -379,3 +379,16 @@ class RunConfig(Section):
             raise bad_value("lambda", ">= 0", self.lambda_)
         if self.output not in OUTPUTS:
             raise bad_value("output", f"one of {list(OUTPUTS)}", self.output)
+        self._check_t_min_resolves_z()
+
+    def _check_t_min_resolves_z(self):
+        s, m = self.sampler, self.model
+        if s.method != "tempering" or m.dtype not in ("float32", "bfloat16", "float16", "float64"):
+            return
+        resolution = z_resolution(m.dtype, self.output, self.space.length)
+        if s.t_min < resolution:
+            raise ConfigError(
+                f"sampler.t_min={s.t_min:g} is finer than z's rounding error in {m.dtype} (about {resolution:.0e}): "
+                "Metropolis and swap decisions would follow rounding noise; raise sampler.t_min to at least "
+                f"{resolution:.0e} or run the model in a wider model.dtype (e.g. float32)"
+            )

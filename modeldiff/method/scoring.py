@@ -23,7 +23,8 @@ def token_logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> t
 
 
 def reduce_nll(token_logprobs: torch.Tensor, output: str) -> torch.Tensor:
-    nll = -token_logprobs.sum(-1)
+    """z in float64: summed in float32, L rounding errors would add up to more than the coldest temperatures."""
+    nll = -token_logprobs.double().sum(-1)
     return nll / token_logprobs.shape[-1] if output == "mean_nll" else nll
 
 

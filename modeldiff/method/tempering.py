@@ -177,7 +177,7 @@ class _Tallies:
         pairs = max(k - 1, 0)
         return cls(
             torch.empty((n_rec_steps, k, c, length), dtype=torch.int32),
-            torch.empty((n_rec_steps, k, c), dtype=torch.float32),
+            torch.empty((n_rec_steps, k, c), dtype=torch.float64),
             torch.zeros((k, c)),
             torch.zeros(pairs),
             torch.zeros((pairs, c)),

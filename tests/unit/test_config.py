@@ -72,7 +72,15 @@ def test_paper_presets_follow_appendix_c():
     )
     llama = load_config("llama-25")
     assert llama.space.length == 25 and list(llama.z_range) == [3.5, 4.5]
-    assert llama.sampler.t_min == pytest.approx(1e-6) and llama.sampler.t_max == 1.0
+    # the paper's T_min = 1e-6 is below z's rounding error (float32 ≈ 2e-6, bfloat16 ≈ 3e-2): 1e-5, in float32
+    assert llama.sampler.t_min == pytest.approx(1e-5) and llama.sampler.t_max == 1.0 and llama.model.dtype == "float32"
+    with pytest.raises(ConfigError, match=r"sampler.t_min=1e-06 is finer than z's rounding error in float32"):
+        load_config("llama-25", "sampler.t_min=0.000001")
+    with pytest.raises(ConfigError, match=r"in bfloat16 \(about 3e-02\).*raise sampler.t_min to at least 3e-02"):
+        load_config("llama-25", "model.dtype=bfloat16")
+    assert load_config("toy", "output=sum_nll sampler.t_min=0.00001").sampler.t_min == 1e-5  # L = 5: 5 × 2e-6 = 1e-5
+    with pytest.raises(ConfigError, match="finer than z's rounding error"):
+        load_config("toy", "output=sum_nll sampler.t_min=0.000005")  # the sum carries L times the mean's error
 
 
 def test_presets_merge_over_base():

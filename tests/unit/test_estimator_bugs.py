@@ -109,3 +109,14 @@ def test_wham_normalises_a_space_too_large_for_a_float():
     small = build_output_distribution(pt, SPACE, (1.0, 2.25), 0.25, n_replicates=0)
     big = build_output_distribution(pt, huge, (1.0, 2.25), 0.25, n_replicates=0)
     np.testing.assert_allclose(big.ln_rho - small.ln_rho, huge.log_size - SPACE.log_size)
+
+
+def test_z_is_accumulated_in_float64(random_gpt2):
+    task, model = random_gpt2
+    scorer = Scorer(model, task.bos_token_id)
+    ids = torch.as_tensor(task.space.index_to_ids(np.arange(task.space.size)))
+    z = scorer(ids)
+    assert z.dtype == torch.float64
+    token_lp = scorer.token_logprobs(ids)
+    assert token_lp.dtype == torch.float32  # log-softmax in float32 from float32 logits
+    torch.testing.assert_close(z, -token_lp.double().mean(-1), rtol=0, atol=1e-15)

@@ -31,8 +31,8 @@ def test_scorer_matches_direct_full_vocabulary_logsoftmax(random_gpt2):
         x = torch.cat([torch.full((2, 1), task.bos_token_id), ids], 1)
         logp = model(x).logits[:, :-1].float().log_softmax(-1)  # over the full vocab, BOS included
         direct = -logp.gather(-1, ids[..., None]).squeeze(-1)
-    torch.testing.assert_close(scorer(ids), direct.mean(1))
-    torch.testing.assert_close(Scorer(model, task.bos_token_id, output="sum_nll")(ids), direct.sum(1))
+    torch.testing.assert_close(scorer(ids), direct.double().mean(1))  # z sums float32 log-probs in float64
+    torch.testing.assert_close(Scorer(model, task.bos_token_id, output="sum_nll")(ids), direct.double().sum(1))
     assert scorer.n_scored == 2
 
 
@@ -64,7 +64,7 @@ def test_onehot_gradient_equals_autograd_through_a_one_hot_input(arch, output, r
     nll = -(onehot * logp).sum((-1, -2))
     z_ref = nll / ids.shape[1] if output == "mean_nll" else nll
     (g_ref,) = torch.autograd.grad(z_ref.sum(), onehot)
-    torch.testing.assert_close(z, z_ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z, z_ref.detach().double(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad, g_ref[..., allowed], rtol=1e-4, atol=1e-5)
     assert torch.equal(z, scorer(ids))
 
