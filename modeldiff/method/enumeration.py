@@ -37,6 +37,17 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [tuple(kv[:2]) for kv in cache]  # legacy tuple format
 
 
+def _module_scaling(module, head_dim: int) -> float:
+    """The attention scaling the module itself applies when a version of transformers does not pass it: its own
+    `scaling`, or GPT-2's flags (scale_attn_weights=False: none; scale_attn_by_inverse_layer_idx: 1/(layer+1))."""
+    if getattr(module, "scaling", None) is not None:
+        return float(module.scaling)
+    scaling = head_dim**-0.5 if getattr(module, "scale_attn_weights", True) else 1.0
+    if getattr(module, "scale_attn_by_inverse_layer_idx", False):
+        scaling /= float(module.layer_idx + 1)
+    return scaling
+
+
 def _tree_attention(
     module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, *, tree_past, tree_new, **kwargs
 ):
@@ -54,7 +65,7 @@ def _tree_attention(
     n, h, q, d = query.shape
     kv = key.shape[1]
     g = h // kv  # grouped-query attention: query heads [i*g, (i+1)*g) share key/value head i
-    scaling = d**-0.5 if scaling is None else scaling
+    scaling = _module_scaling(module, d) if scaling is None else scaling
     q5 = query.unflatten(1, (kv, g))  # [n, kv, g, V, d]
     s_past = (q5.flatten(2, 3) @ past_k.transpose(-1, -2)).unflatten(2, (g, q)).mul_(scaling)  # [n, kv, g, V, p]
     s_self = (q5 * key[:, :, None]).sum(-1, keepdim=True).mul_(scaling)  # [n, kv, g, V, 1]
@@ -116,10 +127,11 @@ class _PrefixTree:
         out = self.model(
             input_ids=self.ids.expand(n, v), position_ids=position, use_cache=False, tree_past=kv, tree_new=new
         )
-        if not new:
+        if len(new) != len(kv):  # a layer that bypassed the interface would let siblings see each other
             raise RuntimeError(
-                f"{type(self.model).__name__} does not route attention through transformers' "
-                "AttentionInterface, which prefix-shared enumeration needs"
+                f"{len(new)} of the {len(kv)} attention layers of {type(self.model).__name__} went through "
+                "transformers' AttentionInterface, which prefix-shared enumeration needs in every layer: "
+                "compute z with brute_force_z instead"
             )
         return self.log_probs(out.logits), new
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from modeldiff.method.enumeration import brute_force_z, enumerate_z, exact_counts, exact_log_rho, exact_ratio
 from modeldiff.method.scoring import Scorer
@@ -48,3 +49,47 @@ def test_exact_log_rho_counts_bins():
     lr = exact_log_rho(np.array([0.1, 0.15, 0.7]), np.array([0.0, 0.5, 1.0, 1.5]))
     np.testing.assert_allclose(lr[:2], np.log([2, 1]))
     assert lr[2] == -np.inf
+
+
+def _strong_gpt2(n_layer: int, **flags):
+    """A random GPT-2 over 3 tokens (+BOS) whose attention scores are O(1), so that a wrong scaling shows in z."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=4, n_positions=8, n_embd=16, n_layer=n_layer, n_head=2, bos_token_id=3, **flags)
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(30.0)
+    return model
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}],
+    ids=["default", "inverse_layer_idx", "unscaled"],
+)
+def test_prefix_shared_equals_brute_force_with_layers_length_and_threads(flags):
+    """Three layers, L = 6, two worker threads, and GPT-2's attention-scaling flags."""
+    model = _strong_gpt2(3, **flags)
+    space = InputSpace(6, (0, 1, 2), bos_token_id=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # enumerate_z runs one worker per thread on the CPU
+    try:
+        z, _ = enumerate_z(model, space, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ref = brute_force_z(Scorer(model, 3), space)
+    np.testing.assert_allclose(z, ref, rtol=0, atol=2e-5)
+    if flags:  # the flag changes z by far more than the tolerance, so a wrong scaling could not pass
+        unflagged = brute_force_z(Scorer(_strong_gpt2(3), 3), space)
+        assert np.abs(ref - unflagged).max() > 50 * 2e-5
+
+
+def test_a_layer_outside_the_attention_interface_is_refused():
+    """A hybrid model whose one layer computes attention by itself would let sibling children see each other."""
+    model = _strong_gpt2(2)
+    attn = model.transformer.h[1].attn
+    attn.forward = lambda hidden_states, *args, **kwargs: (hidden_states * 0, None)  # never calls the interface
+    with pytest.raises(RuntimeError, match="1 of the 2 attention layers of GPT2LMHeadModel went through"):
+        enumerate_z(model, InputSpace(4, (0, 1, 2), bos_token_id=3), progress=False)
