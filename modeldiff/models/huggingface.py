@@ -19,7 +19,7 @@ from pathlib import Path
 
 from modeldiff.method.space import InputSpace
 
-from .loaded import LoadedModel, cache_root, decode_digits, first_line, prepare, vocab_hash, vocab_limit
+from .loaded import LoadedModel, cache_root, decode_digits, first_line, prepare, vocab_hash, vocab_limit, weights_digest
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.load / pickle formats
@@ -261,5 +261,7 @@ def load_hub(ref: str, cfg) -> LoadedModel:
             "a local directory, nor a reachable Hugging Face hub id; check the spelling, or "
             "download the model and pass its directory"
         ) from None
-    identity = f"hub:{ref}:{hashlib.sha256(model.config.to_json_string().encode()).hexdigest()[:16]}"
+    # the config alone would let changed weights (a new revision, a fine-tune pushed under the same id) reuse old runs
+    blob = f"{model.config.to_json_string()}{getattr(model.config, '_commit_hash', None)}{weights_digest(model)}"
+    identity = f"hub:{ref}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
     return _loaded(model, tokenizer, cfg, identity, ref, None)

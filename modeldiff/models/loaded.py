@@ -98,3 +98,18 @@ def check_comparable(a: LoadedModel, b: LoadedModel):
             "a tokenizer/toy vocabulary, or set space.vocab_size and space.bos_token_id to a space "
             "both share"
         )
+
+
+def weights_digest(model: torch.nn.Module, per_tensor: int = 4096) -> str:
+    """A digest of the weights, cheap enough for 7B models: per tensor its name, shape, dtype, float64 sum and an
+    evenly strided sample of `per_tensor` values. Any training step changes it (every weight moves); a hand edit of
+    a single weight outside the sample that keeps the sum would not."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            step = max(1, flat.numel() // per_tensor)
+            sample = flat[::step][:per_tensor].to("cpu", torch.float64)
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:{float(flat.double().sum())!r}".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]

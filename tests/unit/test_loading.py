@@ -16,6 +16,7 @@ import torch
 from modeldiff.config import ConfigError, config_hash, load_config
 from modeldiff.models import check_comparable, load_model
 from modeldiff.models.derive import add_weight_noise
+from modeldiff.models.huggingface import load_hub
 from support import TINY, logits
 
 REAL = "space.vocab_size=null space.length=3"  # a real tokenizer's space: whole vocabulary minus specials
@@ -363,3 +364,16 @@ def test_safetensors_only_refuses_pickle_based_weights(tmp_path):
     ):
         load_model(str(lm), safe)
     assert load_model(str(lm), load_config("toy", REAL)).model is not None  # the default still reads it
+
+
+def test_a_hub_models_identity_changes_with_its_weights_not_only_its_config(cache, tmp_path):
+    """load_hub on a local save_pretrained directory (the path a hub download takes): same config, new weights."""
+    cfg = load_config("toy", TINY)
+    model = load_model("toy:small", cfg).model
+    model.save_pretrained(tmp_path / "hub")
+    first = load_hub(str(tmp_path / "hub"), cfg)
+    assert load_hub(str(tmp_path / "hub"), cfg).identity == first.identity  # stable
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.add_(1e-3)  # a fine-tune step: same config, other weights
+    model.save_pretrained(tmp_path / "hub")
+    assert load_hub(str(tmp_path / "hub"), cfg).identity != first.identity
