@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import check_z_range
-from .reweighting import coarsen, log_weights, logsumexp, solver_grid, wham
+from .reweighting import group_logsumexp, log_weights, logsumexp, solver_subdivisions, sub_bin_centres, wham
 from .space import InputSpace
 from .tempering import TemperingResult
 from .uncertainty import rho_band
@@ -230,25 +230,28 @@ def build_output_distribution(
     temps = pt.temperatures
     k_count = len(temps)
     edges = make_edges(float(pt.z.min()), float(pt.z.max()), (lo, hi), bin_width)
-    fine, sub = solver_grid(edges, float(temps.min()))
-    fine_centres = 0.5 * (fine[1:] + fine[:-1])
-    n_fine = len(fine) - 1
+    sub = solver_subdivisions(edges, float(temps.min()))
+    n_fine, n_bins = (len(edges) - 1) * sub, len(edges) - 1
     fine_bin = fine_bin_of(pt.z, edges, sub, (lo, hi))
 
     ladders, ladder_index = np.unique(pt.ladder, return_inverse=True)
     replica = pt.replica.astype(np.int64)
-    fine_hist = np.zeros((k_count, n_fine))
-    np.add.at(fine_hist, (replica, fine_bin), 1.0)
-    sol = wham(fine_hist, fine_centres, temps)
+    # WHAM on the occupied sub-bins only (an empty sub-bin has ρ̂ = 0 and adds nothing to any f_k): memory grows with
+    # the records, not with the grid, which has width / (2·0.02·T_min) sub-bins per bin
+    occupied, cell = np.unique(fine_bin, return_inverse=True)
+    occupied_hist = np.zeros((k_count, len(occupied)))
+    np.add.at(occupied_hist, (replica, cell), 1.0)
+    sol = wham(occupied_hist, sub_bin_centres(edges, sub, occupied), temps)
     if sol.residual > 1e-6:
         raise RuntimeError(
             f"WHAM did not converge (residual {sol.residual:.2e}); replicas may not overlap: "
             "add temperatures between the coldest and hottest"
         )
-    ln_rho = coarsen(sol.ln_rho, sub)
+    ln_rho = group_logsumexp(sol.ln_rho, occupied // sub, n_bins)
     ln_rho += space.log_size - logsumexp(ln_rho[np.isfinite(ln_rho)])
 
-    hist = fine_hist.reshape(k_count, -1, sub).sum(-1)
+    hist = np.zeros((k_count, n_bins))
+    np.add.at(hist, (replica, occupied[cell] // sub), 1.0)
     reps, rep_unit_count = _representatives(pt, ladder_index, len(ladders), (lo, hi), edges, sol.f, hist.sum(1), decode)
     meta = dict(
         method="tempering",
@@ -263,6 +266,7 @@ def build_output_distribution(
         wham_iterations=int(sol.iterations),
         wham_residual=float(sol.residual),
         solver_subdivisions=int(sub),
+        solver_sub_bins_occupied=int(len(occupied)),
         space=dict(length=space.length, n_tokens=space.n_tokens, bos_token_id=space.bos_token_id),
     )
     od = OutputDistribution(

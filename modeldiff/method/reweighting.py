@@ -106,12 +106,32 @@ def log_weights(z: np.ndarray, f: np.ndarray, n_k: np.ndarray, temperatures: np.
     return -logsumexp(a, axis=1)
 
 
-def solver_grid(edges: np.ndarray, t_min: float, max_bias: float = 0.02) -> tuple[np.ndarray, int]:
-    """Subdivide user bins so that a bin-centre energy biases by at most exp(max_bias)."""
+def solver_subdivisions(edges: np.ndarray, t_min: float, max_bias: float = 0.02) -> int:
+    """Sub-bins per user bin so that a sub-bin-centre energy biases by at most exp(max_bias)."""
     width = float(edges[1] - edges[0])
-    sub = max(1, int(np.ceil(width / (2 * max_bias * t_min))))
-    fine = np.linspace(edges[0], edges[-1], (len(edges) - 1) * sub + 1)
-    return fine, sub
+    return max(1, int(np.ceil(width / (2 * max_bias * t_min))))
+
+
+def solver_grid(edges: np.ndarray, t_min: float, max_bias: float = 0.02) -> tuple[np.ndarray, int]:
+    """The dense sub-bin edges and subdivisions (for small grids and tests: the solver itself only ever builds the
+    occupied sub-bins, since the grid has width / (2·max_bias·T_min) sub-bins per bin: 500,000 at T_min = 1e-6)."""
+    sub = solver_subdivisions(edges, t_min, max_bias)
+    return np.linspace(edges[0], edges[-1], (len(edges) - 1) * sub + 1), sub
+
+
+def sub_bin_centres(edges: np.ndarray, sub: int, sub_bins: np.ndarray) -> np.ndarray:
+    """Centres of the given global sub-bin indices (bin · sub + part), without building the grid."""
+    coarse, part = np.divmod(np.asarray(sub_bins, dtype=np.int64), sub)
+    return edges[coarse] + (part + 0.5) * (edges[coarse + 1] - edges[coarse]) / sub
+
+
+def group_logsumexp(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """ln Σ exp(values) per group (−inf for empty groups), shifted per group so nothing underflows."""
+    top = np.full(n_groups, -np.inf)
+    np.maximum.at(top, groups, values)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.bincount(groups, weights=np.exp(values - shift[groups]), minlength=n_groups)) + shift
 
 
 def coarsen(ln_rho_fine: np.ndarray, sub: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from .normalize import TERMS, side_masks
-from .reweighting import log_weights, logsumexp, wham
+from .reweighting import group_logsumexp, log_weights, logsumexp, sub_bin_centres, wham
 
 # below this many independent units an interval rests on a few distinct resamples and a t with < 7 degrees of
 # freedom: too fragile to trust without a warning
@@ -81,15 +81,6 @@ def multiplicities(n_units: int, n_replicates: int, rng: np.random.Generator) ->
     return draws * (n_units / (n_units - 1))
 
 
-def _group_logsumexp(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """ln Σ exp(values) per group (−inf for empty groups), shifted per group so nothing underflows."""
-    top = np.full(n_groups, -np.inf)
-    np.maximum.at(top, groups, values)
-    shift = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.bincount(groups, weights=np.exp(values - shift[groups]), minlength=n_groups)) + shift
-
-
 class _Tempering:
     """Replicates of a tempering output distribution: WHAM on the resampled per-ladder histograms."""
 
@@ -101,9 +92,8 @@ class _Tempering:
             )
         self.unit, self.replica, sub_bin, self.count = od.unit_hist.T
         sub = int(od.meta["solver_subdivisions"])
-        fine = np.linspace(od.edges[0], od.edges[-1], (len(od.edges) - 1) * sub + 1)
-        occupied, self.cell = np.unique(sub_bin, return_inverse=True)
-        self.energy = 0.5 * (fine[occupied] + fine[occupied + 1])
+        occupied, self.cell = np.unique(sub_bin, return_inverse=True)  # only occupied sub-bins: memory ∝ records
+        self.energy = sub_bin_centres(od.edges, sub, occupied)
         self.coarse = occupied // sub
         self.n_bins, self.temperatures, self.f = len(od.edges) - 1, od.temperatures, od.f
         self.rep_count = od.rep_unit_count.astype(np.float64)
@@ -120,7 +110,7 @@ class _Tempering:
         with np.errstate(divide="ignore"):
             ln_records = np.log(self.rep_count @ m)
         ln_w = ln_records + log_weights(self.rep_z, sol.f, hist.sum(1), self.temperatures)
-        return _group_logsumexp(sol.ln_rho, self.coarse, self.n_bins), ln_w, ln_records
+        return group_logsumexp(sol.ln_rho, self.coarse, self.n_bins), ln_w, ln_records
 
     def shares(self, rows: np.ndarray) -> np.ndarray:
         """Each unit's share of representative x's weight (records at one z weigh the same), [len(rows), U]."""
@@ -180,7 +170,7 @@ def ln_draw_probabilities(ln_rho: np.ndarray, in_z: np.ndarray, rep_bin: np.ndar
     """ln p(x) per representative: ln P(its bin) + ln score(x) − ln Σ score over its bin (score: the weight, or
     the record count for within_bin=uniform)."""
     ln_bin = ln_bin_probabilities(ln_rho, in_z, rep_bin, ln_score)
-    ln_total = _group_logsumexp(ln_score, rep_bin, len(ln_rho))
+    ln_total = group_logsumexp(ln_score, rep_bin, len(ln_rho))
     with np.errstate(invalid="ignore"):
         out = ln_bin[rep_bin] + ln_score - ln_total[rep_bin]
     return np.where(np.isfinite(out), out, -np.inf)

@@ -1,7 +1,12 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 
+from modeldiff.method.outdist import build_output_distribution, fine_bin_of, make_edges
 from modeldiff.method.reweighting import coarsen, log_weights, solver_grid, wham
+from modeldiff.method.toy import ToyTask
+from support.samples import mixed_tempering
 
 # A known density of states on a discrete energy grid (like a small system's spectrum).
 E = np.linspace(0.0, 3.0, 151)
@@ -66,3 +71,40 @@ def test_solver_grid_is_fine_enough():
     assert (fine[1] - fine[0]) / 0.02 <= 2 * 0.02 + 1e-12
     assert fine[::sub] == pytest.approx(edges)
     np.testing.assert_allclose(coarsen(np.log(np.ones(len(fine) - 1)), sub), np.log(sub))
+
+
+def test_occupied_sub_bin_solve_equals_the_dense_solve():
+
+    space = ToyTask(length=3, vocab_size=5, modulus=5).space
+    rng = np.random.default_rng(3)
+    z = rng.uniform(0.5, 3.0, space.size)
+    pt = mixed_tempering(space, z, [0.05, 0.2, 1.0], ladders=3, per_replica=300, rng=rng)
+    od = build_output_distribution(pt, space, (1.0, 2.25), 0.25, n_replicates=0)
+
+    edges = make_edges(float(pt.z.min()), float(pt.z.max()), (1.0, 2.25), 0.25)
+    fine, sub = solver_grid(edges, 0.05)
+    dense = np.zeros((3, len(fine) - 1))
+    np.add.at(dense, (pt.replica.astype(int), fine_bin_of(pt.z, edges, sub, (1.0, 2.25))), 1.0)
+    sol = wham(dense, 0.5 * (fine[1:] + fine[:-1]), pt.temperatures)
+    ln_rho = coarsen(sol.ln_rho, sub)
+    ln_rho += space.log_size - np.logaddexp.reduce(ln_rho[np.isfinite(ln_rho)])
+    np.testing.assert_allclose(od.ln_rho, ln_rho, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(od.f, sol.f, rtol=0, atol=1e-9)
+    assert od.meta["solver_sub_bins_occupied"] < dense.shape[1] / 10
+
+
+def test_a_grid_too_fine_to_hold_is_solved_in_memory_bounded_by_the_records():
+    """T_min = 1e-7 splits each 0.25-wide bin into 62.5 million sub-bins: a dense grid of 3 replicas would need
+    about 20 GB; the occupied sub-bins need kilobytes."""
+
+    space = ToyTask(length=3, vocab_size=5, modulus=5).space
+    rng = np.random.default_rng(4)
+    z = rng.uniform(0.5, 3.0, space.size)
+    pt = mixed_tempering(space, z, [1e-7, 0.3, 1.0], ladders=2, per_replica=300, rng=rng)
+    tracemalloc.start()
+    od = build_output_distribution(pt, space, (1.0, 2.25), 0.25, n_replicates=20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert od.meta["solver_subdivisions"] == 62_500_000
+    assert peak < 64 << 20, f"peak {peak / 2**20:.0f} MiB"
+    assert np.isfinite(od.ln_rho_std[od.in_z & np.isfinite(od.ln_rho)]).all()
