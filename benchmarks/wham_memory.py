@@ -7,7 +7,8 @@ now (the point estimate plus `--replicates` resampled solves; a preset runs `unc
 costing about the printed time per replicate).
 
 Records are synthetic but shaped like each preset's run (ladders × temperatures × recorded steps, its L, Z and bin
-width): z of replica k is normal around a level that rises with T_k, with a spread ∝ √T_k, all distinct, so the
+width): z of replica k is normal around a level that rises with T_k, with a spread ∝ √T_k but wide enough for
+neighbouring replicas to overlap, all distinct, so the
 occupied sub-bins are an upper bound for a real run, whose chains revisit inputs. Peak memory is traced by
 tracemalloc (numpy's arrays).
 
@@ -38,10 +39,12 @@ def synthetic_run(cfg, seed: int = 0) -> TemperingResult:
     lo, hi = (float(v) for v in cfg.z_range)
     rng = np.random.default_rng(seed)
     # the coldest replica sits below Z, the hottest above it; each spreads about its level as √T (a tempered
-    # distribution's fluctuations shrink with T: 0.15 at T_max, a few sub-bins at T_min)
+    # distribution's fluctuations shrink with T: 0.15 at T_max)
     level = lo - 0.5 + (hi - lo + 1.5) * np.log(temps / temps[0]) / max(np.log(temps[-1] / temps[0]), 1e-12)
     replica = np.repeat(np.arange(k), c * per_chain)
-    z = level[replica] + rng.normal(0.0, 1.0, len(replica)) * 0.15 * np.sqrt(temps / temps[-1])[replica]
+    # …but never narrower than the gap between neighbouring levels: a ladder whose swaps are accepted overlaps
+    spread = np.maximum(0.15 * np.sqrt(temps / temps[-1]), 0.6 * np.diff(level).max(initial=0.0))
+    z = level[replica] + rng.normal(0.0, 1.0, len(replica)) * spread[replica]
     n = len(z)
     return TemperingResult(
         ids=rng.integers(0, 50_000, (n, int(cfg.space.length)), dtype=np.int32),
