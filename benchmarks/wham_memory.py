@@ -7,10 +7,9 @@ now (the point estimate plus `--replicates` resampled solves; a preset runs `unc
 costing about the printed time per replicate).
 
 Records are synthetic but shaped like each preset's run (ladders × temperatures × recorded steps, its L, Z and bin
-width): z of replica k is normal around a level that rises with T_k, with a spread ∝ √T_k but wide enough for
-neighbouring replicas to overlap, all distinct, so the
-occupied sub-bins are an upper bound for a real run, whose chains revisit inputs. Peak memory is traced by
-tracemalloc (numpy's arrays).
+width): z of replica k is normal, N(E0 + C·T_k, C·T_k²) (a density of states of constant heat capacity), all
+distinct, so the occupied sub-bins are an upper bound for a real run, whose chains revisit inputs. Peak memory is
+traced by tracemalloc (numpy's arrays).
 
     python benchmarks/wham_memory.py                    # gpt2-25, gpt2-100, llama-25; 3 replicates each
     python benchmarks/wham_memory.py --presets llama-25 --replicates 20
@@ -38,13 +37,12 @@ def synthetic_run(cfg, seed: int = 0) -> TemperingResult:
     k, c, per_chain = len(temps), settings.ladders, settings.n_records_per_chain
     lo, hi = (float(v) for v in cfg.z_range)
     rng = np.random.default_rng(seed)
-    # the coldest replica sits below Z, the hottest above it; each spreads about its level as √T (a tempered
-    # distribution's fluctuations shrink with T: 0.15 at T_max)
-    level = lo - 0.5 + (hi - lo + 1.5) * np.log(temps / temps[0]) / max(np.log(temps[-1] / temps[0]), 1e-12)
+    # a density of states of constant heat capacity C: at temperature T, z ~ N(E0 + C·T, C·T²), so neighbouring
+    # replicas overlap as a ladder whose swaps are accepted does; the coldest sits below Z, the hottest above it
+    e0 = lo - 0.5
+    heat = (hi + 1.0 - e0) / temps[-1]
     replica = np.repeat(np.arange(k), c * per_chain)
-    # …but never narrower than the gap between neighbouring levels: a ladder whose swaps are accepted overlaps
-    spread = np.maximum(0.15 * np.sqrt(temps / temps[-1]), 0.6 * np.diff(level).max(initial=0.0))
-    z = level[replica] + rng.normal(0.0, 1.0, len(replica)) * spread[replica]
+    z = e0 + heat * temps[replica] + rng.normal(0.0, 1.0, len(replica)) * np.sqrt(heat) * temps[replica]
     n = len(z)
     return TemperingResult(
         ids=rng.integers(0, 50_000, (n, int(cfg.space.length)), dtype=np.int32),
