@@ -262,12 +262,12 @@ def build_output_distribution(
     ln_rho += space.log_size - logsumexp(ln_rho[np.isfinite(ln_rho)])
 
     hist = np.zeros((k_count, n_bins))
-    np.add.at(hist, (replica, occupied[cell] // sub), 1.0)
+    np.add.at(hist, (replica, fine_bin // sub), 1.0)
     reps, rep_unit_count = _representatives(pt, ladder_index, len(ladders), (lo, hi), edges, sol.f, hist.sum(1), decode)
     in_z = _in_z(edges, (lo, hi))
     distinct = np.bincount(reps["bin"].to_numpy(np.int64), minlength=n_bins) if len(reps) else np.zeros(n_bins)
     rhat, ess = bin_diagnostics(
-        log_weights(pt.z, sol.f, hist.sum(1), temps), occupied[cell] // sub, in_z, pt.ladder, pt.step, distinct
+        log_weights(pt.z, sol.f, hist.sum(1), temps), fine_bin // sub, in_z, pt.ladder, pt.step, distinct
     )
     meta = dict(
         method="tempering",
