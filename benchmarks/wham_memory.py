@@ -24,7 +24,7 @@ import tracemalloc
 import numpy as np
 
 from modeldiff.config import load_config
-from modeldiff.method.outdist import build_output_distribution, make_edges
+from modeldiff.method.outdist import build_output_distribution, fine_bin_of, make_edges
 from modeldiff.method.reweighting import solver_subdivisions
 from modeldiff.method.space import InputSpace
 from modeldiff.method.tempering import TemperingResult, TemperingSettings
@@ -67,19 +67,24 @@ def measure(preset: str, replicates: int) -> dict:
     dense_bytes = len(pt.temperatures) * (len(edges) - 1) * sub * 8
     tracemalloc.start()
     t0 = time.perf_counter()
-    od = build_output_distribution(pt, space, tuple(cfg.z_range), float(cfg.bins.width), n_replicates=0)
+    od, failure, replicate_s = None, "", float("nan")
+    try:
+        od = build_output_distribution(pt, space, tuple(cfg.z_range), float(cfg.bins.width), n_replicates=0)
+    except RuntimeError as e:  # WHAM that does not converge is a result too: its memory was still spent
+        failure = str(e).split(";")[0]
     point_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if replicates:
+    if od is not None and replicates:
+        t0 = time.perf_counter()
         rho_band(od, replicates, 0.95, seed=0)  # each replicate re-solves WHAM on resampled ladders
-    replicate_s = (time.perf_counter() - t0) / max(replicates, 1)
+        replicate_s = (time.perf_counter() - t0) / replicates
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return dict(
         preset=preset,
+        failure=failure,
         records=len(pt.z),
         sub=sub,
-        occupied=od.meta["solver_sub_bins_occupied"],
+        occupied=len(np.unique(fine_bin_of(pt.z, edges, sub, tuple(cfg.z_range)))),
         dense_mib=dense_bytes / 2**20,
         peak_mib=peak / 2**20,
         point_s=point_s,
@@ -102,7 +107,7 @@ def main(argv=None):
         print(
             f"{r['preset']:10} {r['records']:>9,} {r['sub']:>13,} {r['occupied']:>9,} {r['dense_mib']:>9,.0f} MiB "
             f"{r['peak_mib']:>6,.0f} MiB {r['dense_mib'] / r['peak_mib']:>10,.1f}× {r['point_s']:>10.1f} s "
-            f"{r['replicate_s']:>12.1f} s"
+            f"{r['replicate_s']:>12.1f} s" + (f"  ({r['failure']})" if r["failure"] else "")
         )
     print(
         f"peak: tracemalloc over the point solve and {args.replicates} replicates (records included); dense grid: "
