@@ -5,7 +5,8 @@ Each stage's command (modeldiff.platform.stages.STAGES) runs that MLproject entr
 Projects (the entry point still logs to MLflow). `register` is not an entry point: it adds a model
 version to the registry of the configured tracking URI. `screen serve|poll|run` screens registry versions for
 plagiarism (modeldiff.platform.screening). `stack up|down|status` runs the team stack (PostgreSQL, mlflow server,
-screening service) without Docker (modeldiff.ops.stack).
+screening service) without Docker (modeldiff.ops.stack). `z-quantiles` prints the z quantiles of a model's own
+samples, to choose z_range from.
 """
 
 from __future__ import annotations
@@ -20,7 +21,36 @@ COMMANDS = {
     "register": (None, "register a model ref as an MLflow model version (models:/<name>/<version>)"),
     "screen": (None, "screen new registry versions for plagiarism: serve (webhooks), poll, or run one version"),
     "stack": (None, "the team stack without Docker: PostgreSQL, mlflow server, screening service (up, down, status)"),
+    "z-quantiles": (None, "quantiles of z over a model's own samples, and a z_range to choose from them"),
 }
+
+
+def z_quantiles(argv) -> int:
+    """`modeldiff z-quantiles --model REF [--n N] [--tau T]`: prints the quantiles and a suggested z_range."""
+    from modeldiff import pipeline
+    from modeldiff.config import load_config
+    from modeldiff.models import load_model
+    from modeldiff.platform.runtime import parser, user_errors
+
+    p = parser(
+        "Sample a model's own inputs of length space.length (ancestral, at temperature --tau over the allowed tokens) "
+        "and print the quantiles of z (mean NLL): choose z_range on the low side, where the model's likely inputs are."
+    )
+    p.add_argument("--model", required=True, help="a model ref, e.g. smollm2 or toy:small")
+    p.add_argument("--n", type=int, default=2048, help="samples (default 2048)")
+    p.add_argument("--tau", type=float, default=1.0, help="sampling temperature (default 1: the model itself)")
+    args = p.parse_args(argv)
+    with user_errors():
+        cfg = load_config(args.config, args.overrides)
+        out = pipeline.z_quantiles(cfg, load_model(args.model, cfg), args.n, args.tau, progress=True)
+    qs = "  ".join(f"{float(k):.0%}: {v:.3f}" for k, v in out["quantiles"].items())
+    lo, hi = out["suggested_z_range"]
+    print(f"z of {out['n_samples']} samples of {args.model} at L = {out['length']}, tau = {out['tau']:g}:\n  {qs}")
+    print(
+        f"suggested: z_range=[{lo:g},{hi:g}] (from the 10th to the 50th percentile: inputs the model finds likely, "
+        "where its samples still reach; widen it towards lower z if the sampler reaches there)"
+    )
+    return 0
 
 
 def register(argv) -> int:
@@ -232,6 +262,8 @@ def main(argv=None):
         return screen(argv[1:])
     if argv[0] == "stack":
         return stack(argv[1:])
+    if argv[0] == "z-quantiles":
+        return z_quantiles(argv[1:])
     if COMMANDS[argv[0]][0] is None:
         return register(argv[1:])
     from modeldiff.platform.stages import STAGE

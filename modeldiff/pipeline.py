@@ -63,6 +63,31 @@ def run_sampler(
     return run_parallel_tempering(scorer, loaded.space, settings, units, progress, checkpointing)
 
 
+Z_QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)
+
+
+def z_quantiles(cfg, loaded: LoadedModel, n_samples: int = 2048, tau: float = 1.0, progress: bool = False) -> dict:
+    """Quantiles of z over the model's own samples from S^L at temperature τ (τ = 1: the model itself, restricted to
+    the allowed tokens), and a suggested z_range on the low-NLL side where Model-diff counts the inputs a model finds
+    likely: from its 10th to its 50th percentile (the paper's GPT-2 preset, Z = [2, 4] at L = 25, lies there too)."""
+    settings = AncestralSettings(
+        temperatures=[float(tau)],
+        n_samples=int(n_samples),
+        n_blocks=2,  # the smallest number the settings take; blocks matter only for intervals, unused here
+        batch_size=int(cfg.sampler.ancestral.batch_size),
+        seed=stream_seed(cfg.seed, loaded.identity, "z_quantiles"),
+    )
+    z = run_ancestral(make_scorer(cfg, loaded), loaded.space, settings, progress=progress).z
+    q = np.quantile(z, Z_QUANTILES)
+    return {
+        "n_samples": int(len(z)),
+        "tau": float(tau),
+        "length": int(loaded.space.length),
+        "quantiles": {f"{p:g}": float(v) for p, v in zip(Z_QUANTILES, q)},
+        "suggested_z_range": [float(np.floor(q[2] * 10) / 10), float(np.ceil(q[4] * 10) / 10)],
+    }
+
+
 def join_results(parts: list):
     """One sampler result from those of disjoint unit slices, in process order."""
     return type(parts[0]).concat(parts)

@@ -28,11 +28,11 @@ class EmptyBinsError(ValueError):
 
 
 def check_no_empty_bins(od: OutputDistribution) -> list[int]:
-    """Raise on bins inside Z that no sample reached, except those below the lowest z sampled.
-
-    Bins under the coldest replica's minimum are where the model may have no input at all; they
-    are returned (and logged by the caller) rather than treated as a failure. A gap between sampled
-    bins, or empty bins above them, means the sampler did not cover Z."""
+    """Raise on bins inside Z that no sample reached. Empty bins at the bottom of Z (below the lowest bin reached)
+    are accepted, and returned for the caller to log, only when the coldest replica (the lowest temperature by
+    value) demonstrably went below z−: then the sampler explored there and found no input. Otherwise they may hold
+    inputs it never got to, and zero mass would be a silent guess. A gap between sampled bins, or empty bins above
+    them, means the sampler did not cover Z."""
     empty = od.empty_bins_in_z
     reached = np.flatnonzero(od.in_z & np.isfinite(od.ln_rho))
     if len(reached) == 0:
@@ -50,6 +50,16 @@ def check_no_empty_bins(od: OutputDistribution) -> list[int]:
             "or narrow z_range to what was reached; if the model truly has no input there (small "
             "discrete spaces have gaps), set allow_empty_bins=true"
         )
+    if len(below):
+        coldest = int(np.argmin(od.temperatures))
+        under_z = od.edges[1:] <= od.z_range[0]  # bins wholly below z−
+        if not od.hist[coldest, under_z].any():
+            raise EmptyBinsError(
+                f"the lowest {len(below)} bins of z_range={list(od.z_range)} got no sample and the coldest "
+                f"replica (T = {od.temperatures[coldest]:.3g}) never went below z− = {od.z_range[0]:g}, so they may "
+                "hold inputs the sampler did not reach: lower sampler.t_min or sample longer, raise z_range's lower "
+                f"end to {od.edges[reached[0]]:.4g}, or set allow_empty_bins=true if the model has no input there"
+            )
     return below.tolist()
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from . import check_z_range
+from .diagnostics import bin_diagnostics
+from .diagnostics import warnings_for as diagnostics_warnings
 from .reweighting import group_logsumexp, log_weights, logsumexp, solver_subdivisions, sub_bin_centres, wham
 from .space import InputSpace
 from .tempering import TemperingResult
@@ -40,6 +42,17 @@ def make_edges(z_min: float, z_max: float, z_range, width: float) -> np.ndarray:
     edges = lo + w * np.arange(-below, n_in + above + 1)
     edges[below], edges[below + n_in] = lo, hi  # exactly, so that z = z± meets the edge it should
     return edges
+
+
+def _in_z(edges: np.ndarray, z_range) -> np.ndarray:
+    """The bins inside Z (Z's ends are edges, so a centre decides)."""
+    c = 0.5 * (edges[1:] + edges[:-1])
+    return (c > z_range[0]) & (c < z_range[1])
+
+
+def _json_floats(values: np.ndarray) -> list:
+    """A float array for meta (JSON): NaN as None."""
+    return [None if not np.isfinite(v) else float(v) for v in values]
 
 
 def bin_of(z: np.ndarray, edges: np.ndarray, z_range=None) -> np.ndarray:
@@ -102,9 +115,7 @@ class OutputDistribution:
 
     @property
     def in_z(self) -> np.ndarray:
-        lo, hi = self.z_range
-        c = self.centers
-        return (c > lo) & (c < hi)
+        return _in_z(self.edges, self.z_range)
 
     @property
     def empty_bins_in_z(self) -> np.ndarray:
@@ -251,8 +262,13 @@ def build_output_distribution(
     ln_rho += space.log_size - logsumexp(ln_rho[np.isfinite(ln_rho)])
 
     hist = np.zeros((k_count, n_bins))
-    np.add.at(hist, (replica, occupied[cell] // sub), 1.0)
+    np.add.at(hist, (replica, fine_bin // sub), 1.0)
     reps, rep_unit_count = _representatives(pt, ladder_index, len(ladders), (lo, hi), edges, sol.f, hist.sum(1), decode)
+    in_z = _in_z(edges, (lo, hi))
+    distinct = np.bincount(reps["bin"].to_numpy(np.int64), minlength=n_bins) if len(reps) else np.zeros(n_bins)
+    rhat, ess = bin_diagnostics(
+        log_weights(pt.z, sol.f, hist.sum(1), temps), fine_bin // sub, in_z, pt.ladder, pt.step, distinct
+    )
     meta = dict(
         method="tempering",
         n_units=int(len(ladders)),
@@ -265,6 +281,10 @@ def build_output_distribution(
         n_scored=int(pt.n_scored),
         wham_iterations=int(sol.iterations),
         wham_residual=float(sol.residual),
+        rhat_per_bin=_json_floats(rhat),
+        ess_per_bin=_json_floats(ess),
+        round_trips=None if pt.round_trips is None else [int(r) for r in pt.round_trips],
+        warnings=diagnostics_warnings(rhat, ess, edges),
         solver_subdivisions=int(sub),
         solver_sub_bins_occupied=int(len(occupied)),
         space=dict(length=space.length, n_tokens=space.n_tokens, bos_token_id=space.bos_token_id),

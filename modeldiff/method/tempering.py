@@ -91,6 +91,7 @@ class TemperingResult:
     swap_acceptance: np.ndarray  # [K−1] swap acceptance per neighbour pair
     seconds: float
     n_scored: int
+    round_trips: np.ndarray | None = None  # [C] per ladder (None: a result made by hand, e.g. in tests)
 
     @staticmethod
     def concat(parts: list[TemperingResult]) -> TemperingResult:
@@ -109,6 +110,7 @@ class TemperingResult:
             avg("swap_acceptance"),
             max(p.seconds for p in parts),
             sum(p.n_scored for p in parts),
+            None if any(p.round_trips is None for p in parts) else cat("round_trips"),
         )
 
 
@@ -131,9 +133,18 @@ class Checkpointing:
     resume_from: dict | None = None
 
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: walkers and round trips
 # per-ladder tensors of a checkpoint and the axis that indexes ladders in each
-_LADDER_AXIS = {"slots": 1, "rec_slots": 2, "rec_z": 2, "accepted": 1, "swaps_done": 1}
+_LADDER_AXIS = {
+    "slots": 1,
+    "rec_slots": 2,
+    "rec_z": 2,
+    "accepted": 1,
+    "swaps_done": 1,
+    "walker": 1,
+    "heading": 1,
+    "round_trips": 0,
+}
 
 
 def merge_checkpoints(parts: list[dict]) -> dict:
@@ -169,6 +180,9 @@ class _Tallies:
     accepted: torch.Tensor  # [K, C] accepted kernel moves
     swaps_tried: torch.Tensor  # [K−1] swap attempts per neighbour pair (the same for every ladder)
     swaps_done: torch.Tensor  # [K−1, C]
+    walker: torch.Tensor  # [K, C] which walker (a configuration moving by swaps) sits at temperature k of ladder c
+    heading: torch.Tensor  # [K, C] per walker: 0 no end seen yet, 1 last end was the coldest, 2 then the hottest
+    round_trips: torch.Tensor  # [C] coldest → hottest → coldest journeys completed, per ladder
     seconds: float = 0.0  # spent before this process (resumed runs)
     n_scored: int = 0
 
@@ -181,7 +195,19 @@ class _Tallies:
             torch.zeros((k, c)),
             torch.zeros(pairs),
             torch.zeros((pairs, c)),
+            torch.arange(k).unsqueeze(1).repeat(1, c),
+            torch.zeros((k, c), dtype=torch.int8),
+            torch.zeros(c),
         )
+
+    def track_round_trips(self):
+        """After a swap pass: walkers at the hottest temperature turn back, those at the coldest complete a trip."""
+        cols = torch.arange(self.walker.shape[1])
+        cold, hot = self.walker[0], self.walker[-1]
+        arrived = self.heading[cold, cols] == 2
+        self.round_trips += arrived.float()
+        self.heading[cold, cols] = 1
+        self.heading[hot, cols] = torch.where(self.heading[hot, cols] == 1, 2, self.heading[hot, cols]).to(torch.int8)
 
 
 def _restore(
@@ -199,6 +225,8 @@ def _restore(
     tallies.rec_slots[:done], tallies.rec_z[:done] = resume["rec_slots"], resume["rec_z"]
     tallies.accepted, tallies.swaps_done = resume["accepted"].clone(), resume["swaps_done"].clone()
     tallies.swaps_tried = resume["swaps_tried"].clone()
+    tallies.walker, tallies.heading = resume["walker"].clone(), resume["heading"].clone()
+    tallies.round_trips = resume["round_trips"].clone()
     tallies.seconds, tallies.n_scored = float(resume["seconds"]), int(resume["n_scored"])
     return resume["slots"], int(resume["step"])
 
@@ -215,6 +243,9 @@ def _swap_neighbours(
         tallies.swaps_done[k] += do.float()
         j = torch.nonzero(do).squeeze(-1)
         state.swap(k * c + j, (k + 1) * c + j)
+        lower = tallies.walker[k, j].clone()
+        tallies.walker[k, j] = tallies.walker[k + 1, j]
+        tallies.walker[k + 1, j] = lower
 
 
 def _result(
@@ -241,6 +272,7 @@ def _result(
         swap_acceptance=(tallies.swaps_done.sum(1) / (tallies.swaps_tried * c).clamp(min=1)).numpy(),
         seconds=seconds,
         n_scored=n_scored,
+        round_trips=tallies.round_trips.numpy().astype(np.int64),
     )
 
 
@@ -289,6 +321,9 @@ def run_parallel_tempering(
             "accepted": tallies.accepted.clone(),
             "swaps_done": tallies.swaps_done.clone(),
             "swaps_tried": tallies.swaps_tried.clone(),
+            "walker": tallies.walker.clone(),
+            "heading": tallies.heading.clone(),
+            "round_trips": tallies.round_trips.clone(),
             "seconds": elapsed(),
             "n_scored": scored(),
         }
@@ -307,6 +342,7 @@ def run_parallel_tempering(
         if k_count > 1 and step % settings.swap_every == 0:
             u_swap = torch.rand((k_count - 1, c_total), generator=gen)[:, cols].clamp_(min=1e-12)
             _swap_neighbours(state, temps, u_swap, (step // settings.swap_every) % 2, c, tallies)
+            tallies.track_round_trips()
         if step >= settings.burn_in and (step - settings.burn_in) % settings.thin == 0:
             r = (step - settings.burn_in) // settings.thin
             tallies.rec_slots[r] = state.slots.view(k_count, c, length).to(torch.int32)

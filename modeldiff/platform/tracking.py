@@ -260,3 +260,13 @@ def log_table(df: pd.DataFrame, artifact_file: str):
     if "tokens" in out:
         out["tokens"] = [" ".join(map(str, t)) for t in out["tokens"]]
     mlflow.log_table(out, artifact_file)
+
+
+WARNING = "modeldiff.warning"  # a run's warnings, "; "-joined: what the result cannot support
+
+
+def add_warnings(lines: list[str]):
+    """Append warnings to the active run's `modeldiff.warning` tag (it may hold some already)."""
+    run = mlflow.active_run()
+    before = mlflow.get_run(run.info.run_id).data.tags.get(WARNING) if run else None
+    mlflow.set_tag(WARNING, "; ".join([*([before] if before else []), *lines]))

@@ -55,6 +55,15 @@ def test_main_logs_the_contract_artifacts(chain):
     assert metrics["ratio_PA_AB_lo"] == ci["ratio"][1][0] and metrics["PD_BA_hi"] == ci["terms"]["PD_BA"][1]
     assert ratio_of(parent.info.run_id) == ratio
     assert client.get_run(parent.info.run_id).data.metrics["ratio_PD_BA_hi"] == ci["ratio"][3][1]
+    # tempering's convergence diagnostics (issue 14 item 3): per-bin split-R̂ and ESS, round trips, warnings
+    sampling = client.get_run(children["sample_outdist_A"])
+    assert "tables/diagnostics.json" in artifacts(children["sample_outdist_A"])
+    m = sampling.data.metrics
+    assert m["round_trips_min"] >= 0 and m["round_trips_mean"] >= m["round_trips_min"]
+    assert m["rhat_max_in_z"] >= 1.0 - 1e-6 and m["ess_min_in_z"] > 0
+    assert m["ess_min_in_z"] < 100, m  # 8 ladders of 300 steps: too few for every bin, so the warning must be there
+    assert "bins in Z have ESS < 100" in sampling.data.tags["modeldiff.warning"]  # and it is carried up to main
+    assert "sample_outdist_A: " in client.get_run(parent.info.run_id).data.tags["modeldiff.warning"]
 
 
 def test_rerun_reuses_finished_runs(store, chain):

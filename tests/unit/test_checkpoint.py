@@ -30,7 +30,7 @@ def run(scorer, space, ladders=None, resume=None, every=25, **over):
 
 
 def assert_same_records(a, b):
-    for name in ("ids", "z", "replica", "ladder", "step", "acceptance", "swap_acceptance"):
+    for name in ("ids", "z", "replica", "ladder", "step", "acceptance", "swap_acceptance", "round_trips"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 

@@ -9,6 +9,7 @@ from modeldiff import pipeline
 from modeldiff.config import load_config
 from modeldiff.method.ancestral import AncestralResult
 from modeldiff.method.ancestral import build_output_distribution as ancestral_outdist
+from modeldiff.method.cross_eval import EmptyBinsError, check_no_empty_bins
 from modeldiff.method.enumeration import enumerate_z
 from modeldiff.method.kernels import make_kernel
 from modeldiff.method.outdist import bin_of, build_output_distribution, make_edges
@@ -120,3 +121,29 @@ def test_z_is_accumulated_in_float64(random_gpt2):
     token_lp = scorer.token_logprobs(ids)
     assert token_lp.dtype == torch.float32  # log-softmax in float32 from float32 logits
     torch.testing.assert_close(z, -token_lp.double().mean(-1), rtol=0, atol=1e-15)
+
+
+def _bottom_empty_outdist(coldest_goes_below: bool, temperatures=(0.5, 1.0, 2.0)):
+    """Z = [1.0, 2.25] in 5 bins with its lowest bin [1.0, 1.25] empty; the replica at the lowest temperature
+    (listed last here: found by value, not position) has samples below z− or not."""
+    rng = np.random.default_rng(5)
+    z = rng.uniform(1.3, 3.0, SPACE.size)
+    z[:3] = 0.6  # inputs below Z
+    pt = mixed_tempering(SPACE, z, [0.5, 1.0, 2.0], ladders=2, per_replica=400, rng=rng)
+    keep = pt.z >= 1.25 if not coldest_goes_below else np.ones(len(pt.z), bool)
+    keep |= pt.replica != 0  # only the coldest replica loses its low samples
+    for name in ("ids", "z", "replica", "ladder", "step"):
+        setattr(pt, name, getattr(pt, name)[keep])
+    od = build_output_distribution(pt, SPACE, (1.0, 2.25), 0.25, n_replicates=0)
+    od.ln_rho[od.in_z & (od.edges[:-1] < 1.25)] = -np.inf  # nothing reached [1.0, 1.25]
+    order = list(reversed(range(len(temperatures))))
+    od.temperatures, od.hist = np.asarray(temperatures)[order], od.hist[order]
+    return od
+
+
+def test_empty_bins_at_the_bottom_of_z_are_refused_unless_the_coldest_replica_went_below_z_minus():
+    explored = _bottom_empty_outdist(coldest_goes_below=True)
+    assert check_no_empty_bins(explored) == [int(np.flatnonzero(explored.edges == 1.0)[0])]
+    unexplored = _bottom_empty_outdist(coldest_goes_below=False)
+    with pytest.raises(EmptyBinsError, match=r"coldest replica \(T = 0.5\) never went below z− = 1"):
+        check_no_empty_bins(unexplored)

@@ -77,7 +77,12 @@ def test_files_generated_from_the_stage_list_are_up_to_date():
 def test_cli_commands_are_the_stages_plus_the_tools():
     stages = {name for name, _ in cli.COMMANDS.values() if name}
     assert stages == {s.name for s in STAGES}
-    assert {c for c, (name, _) in cli.COMMANDS.items() if name is None} == {"register", "screen", "stack"}
+    assert {c for c, (name, _) in cli.COMMANDS.items() if name is None} == {
+        "register",
+        "screen",
+        "stack",
+        "z-quantiles",
+    }
     for s in STAGES:
         assert cli.COMMANDS[s.command] == (s.name, s.summary)
         assert set(vars(s.parser().parse_args(REQUIRED.get(s.name, [])))) == {"config", "overrides"} | {

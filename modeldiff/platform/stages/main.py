@@ -35,8 +35,12 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
         mlflow.log_dict(ratio, "ratio.json")
         mlflow.log_metrics(normalize.ratio_metrics(ratio))
         warnings = warnings_for(ratio["counts"])
+        for step, run_id in runs.items():  # the steps' own warnings (e.g. stage 1's diagnostics), named by step
+            step_warning = mlflow.get_run(run_id).data.tags.get(tracking.WARNING)
+            if step_warning and step != "normalize":
+                warnings.append(f"{step}: {step_warning}")
         if warnings:
-            mlflow.set_tag(normalize.WARNING, "; ".join(warnings))
+            tracking.add_warnings(warnings)
         _log_annotations(runs)
         mlflow.set_tags({f"modeldiff.run.{k}": v for k, v in runs.items()})
         tracking.finish(STAGE["main"].hash(cfg, model_a=a.identity, model_b=b.identity))

@@ -23,7 +23,7 @@ def stage_hash(cfg, ab_run: str, ba_run: str) -> str:
     return STAGE["normalize"].hash(cfg, ab_run=ab_run, ba_run=ba_run)
 
 
-WARNING = "modeldiff.warning"
+WARNING = tracking.WARNING
 
 
 def _spread_metrics(name: str, interval: list, std) -> dict:
@@ -91,7 +91,7 @@ def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
     for text in warnings:
         print(f"modeldiff: warning: {text}")
     if warnings:
-        mlflow.set_tag(WARNING, "; ".join(warnings))
+        tracking.add_warnings(warnings)
     mlflow.log_dict(ratio, "ratio.json")
     title = f"A = {tags.get(tracking.MODEL_A)}, B = {tags.get(tracking.MODEL_B)}"
     tracking.log_figure(

@@ -1,7 +1,9 @@
 """Stage `sample_outdist`: one model's output distribution ρ̃(z) (stage 1), by `sampler.method`.
 
 Logs outdist/outdist.npz, outdist/representatives.parquet, plots/rho_z.png and a representatives table; ancestral
-runs also a per-bin effective sample size table (tables/ess_per_bin.json).
+runs also a per-bin effective sample size table (tables/ess_per_bin.json), tempering runs their convergence
+diagnostics (tables/diagnostics.json: per-bin split-R̂ and ESS; metrics round_trips_min/mean, rhat_max_in_z,
+ess_min_in_z; swap acceptance per neighbour pair as a step series), with a warning tagged `modeldiff.warning`.
 """
 
 from __future__ import annotations
@@ -64,15 +66,41 @@ def _log(cfg, loaded: LoadedModel, od: OutputDistribution):
     (_log_ancestral if meta["method"] == "ancestral" else _log_tempering)(od)
 
 
+def diagnostics_table(od: OutputDistribution) -> pd.DataFrame:
+    """ess_table's columns plus each bin's split-R̂ across half-ladders (tempering)."""
+    table = ess_table(od)
+    table.insert(table.columns.get_loc("ess"), "rhat", np.array(od.meta["rhat_per_bin"], dtype=np.float64))
+    return table
+
+
 def _log_tempering(od: OutputDistribution):
     meta = od.meta
+    table = diagnostics_table(od)
+    in_z = table[table["in_z"] & table["rhat"].notna()]
+    round_trips = meta.get("round_trips") or []
     mlflow.log_metrics(
         {
             "acceptance_mean": float(np.mean(meta["acceptance"])),
             "swap_acceptance_min": float(np.min(meta["swap_acceptance"], initial=1.0)),
             "wham_iterations": meta["wham_iterations"],
+            **(
+                {"round_trips_min": min(round_trips), "round_trips_mean": float(np.mean(round_trips))}
+                if round_trips
+                else {}
+            ),
+            **(
+                {"rhat_max_in_z": float(in_z["rhat"].max()), "ess_min_in_z": float(in_z["ess"].min())}
+                if len(in_z)
+                else {}
+            ),
         }
     )
+    tracking.log_table(table, "tables/diagnostics.json")
+    warnings = meta.get("warnings") or []
+    for text in warnings:
+        print(f"modeldiff: warning: {text}")
+    if warnings:
+        tracking.add_warnings(warnings)
     for k, (t, a) in enumerate(zip(od.temperatures, meta["acceptance"])):  # a curve over the ladder
         mlflow.log_metrics({"acceptance": float(a), "temperature": float(t)}, step=k)
     for k, a in enumerate(meta["swap_acceptance"]):
