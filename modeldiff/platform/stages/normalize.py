@@ -12,7 +12,7 @@ import mlflow
 from modeldiff import pipeline
 from modeldiff.method.normalize import TERMS
 from modeldiff.method.uncertainty import warnings_for
-from modeldiff.views import plots
+from modeldiff.views import describe, plots
 
 from .. import tracking
 from ..runtime import Dist
@@ -99,6 +99,18 @@ def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
     )
     tracking.log_table(sweep, "tables/lambda_sweep.json")
     mlflow.log_metrics(ratio_metrics(ratio))
+    tracking.set_description(
+        describe.ratio_description(
+            ratio,
+            model_a=tags.get(tracking.MODEL_A),
+            model_b=tags.get(tracking.MODEL_B),
+            z_range=tuple(cfg.z_range),
+            warnings=warnings,
+            runs=tracking.located({"cross_eval A→B": ab_run, "cross_eval B→A": ba_run}),
+            experiment_id=tracking.active_experiment_id(),
+            title="normalize: the Model-diff ratio",
+        )
+    )
     return tracking.finish(stage_hash(cfg, ab_run, ba_run))
 
 
