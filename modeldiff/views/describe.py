@@ -1,6 +1,6 @@
 """Run descriptions: what a run found, in words, as the Markdown MLflow shows on the run's overview page (the tag
 `mlflow.note.content`). Pure functions of the records the stages log (ratio.json, plagiarism.json, annotation.json,
-a sampling summary, compare's rows); no MLflow here: the platform sets them (tracking.set_description).
+a sampling summary); no MLflow here: the platform sets them (tracking.set_description).
 
 The four terms (DESIGN §2, stage 3) are counts per input that *both* models find likely: PD_A→B counts A's likely
 inputs (z_A in Z) on which A has the lower NLL (D = z_A − z_B < −λ), divided by |X̃_A→B|, the A draws whose z_B is
@@ -198,6 +198,21 @@ VERDICT_TEXT = {
 }
 
 
+EVIDENCE_TEXT = {
+    "black_box": "the draws (the other model has the lower NLL on almost none of the copy's own likely inputs)",
+    "weight_energy": "the weights (the copy carries the extra energy of added noise)",
+    "argument_order": "by argument order only (neither the draws nor the weights tell which one; B is taken as the "
+    "copy)",
+}
+
+
+def _p(v, spec: str = ".3g") -> str:
+    """A statistic from a JSON record: `undefined` where it is missing or NaN."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "undefined"
+    return format(v, spec)
+
+
 def _side_line(rep_side: dict, side: str, other: str, level: float) -> str:
     lo, hi = rep_side["interval"]
     return (
@@ -216,7 +231,9 @@ def plagiarism_description(rep: dict, *, runs: dict | None = None, experiment_id
         head = f"{VERDICT_TEXT.get(verdict, verdict)}: A = `{rep.get('model_a')}`, B = `{rep.get('model_b')}`"
     lines = [f"### Verdict: {verdict}", "", f"**{head}.**", ""]
     if rep.get("direction_evidence"):
-        lines.append(f"Which one is the copy: by {rep['direction_evidence'].replace('_', ' ')}.")
+        lines.append(
+            f"Which one is the copy: {EVIDENCE_TEXT.get(rep['direction_evidence'], rep['direction_evidence'])}."
+        )
     lines += [f"Why: {rep.get('reason', '')}.", "", f"Evidence used: {rep.get('mode', 'combined').replace('_', ' ')}."]
     bb = rep.get("black_box")
     if bb:
@@ -234,9 +251,9 @@ def plagiarism_description(rep: dict, *, runs: dict | None = None, experiment_id
         lines += ["", "**White box** (the weights):", ""]
         if wb.get("applicable"):
             lines.append(
-                f"- independence p = {wb['p_value']:.3g} (small: the weights are related), noise-structure "
-                f"p = {wb['structure_p_value']:.3g} (large: the difference looks like i.i.d. noise), weight-energy "
-                f"z = {wb['direction_z']:+.2f}"
+                f"- independence p = {_p(wb.get('p_value'))} (small: the weights are related), noise-structure "
+                f"p = {_p(wb.get('structure_p_value'))} (large: the difference looks like i.i.d. noise), "
+                f"weight-energy z = {_p(wb.get('direction_z'), '+.2f')}"
             )
         else:
             lines.append(f"- not applicable: {wb.get('reason', '')}")
@@ -326,8 +343,9 @@ def annotation_description(result: dict, *, runs: dict | None = None, experiment
         "",
         f"Precision is the share of the window's draws that agree with the training objective (Σ r(D) ρ(D) / Σ ρ(D)); "
         f"recall is that count on the ratio's scale (per input both models find likely), so two models' recalls "
-        f"compare like PD_A→B and PD_B→A. The window holds {percent(result['window_mass'])} of the draws both models "
-        f"find likely ({c['n_in_window']:,} draws); {c['n_annotated']:,} distinct inputs were scored by "
+        f"compare like PD_A→B and PD_B→A. The window's {c['n_in_window']:,} draws are "
+        f"{percent(result['window_mass'])} as many as the draws both models find likely (the terms' scale); "
+        f"{c['n_annotated']:,} distinct inputs were scored by "
         f"{result.get('annotator', 'human')}.",
     ]
     lines += _runs_section(runs or {}, experiment_id)
@@ -342,38 +360,3 @@ def sheet_description(n_inputs: int, n_in_window: int, window: str, arrow: str, 
         f"(read them in `annotation/sheet.html`). Fill the score column (0 = bad .. 1 = good), then import it:\n\n"
         f"    {command}\n"
     )
-
-
-# ---------------------------------------------------------------------------------------------- compare
-
-
-def compare_description(
-    reference: str, rows: list[dict], *, level: float = 0.95, runs: dict | None = None, experiment_id=None, warnings=()
-) -> str:
-    """compare's description: one line per model on the common scale of Appendix B (Eq. 14–17)."""
-    lines = [
-        f"### {len(rows)} models against the reference A = `{reference}`",
-        "",
-        "All terms are on one scale: per input A finds likely (Eq. 14–17), from the same A draws for every model, "
-        "so rows compare with each other; the ratio of a row is the pair's own PD_A→X : PA_A→X : PA_X→A : PD_X→A. "
-        f"Brackets are {level:.0%} intervals.",
-        "",
-        "| X | PD_A→X | PA_A→X | PA_X→A | PD_X→A | ratio |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        ci = r.get("ci", {})
-        cells = [with_interval(r[k], ci.get(k)) for k in ("PD_AX", "PA_AX", "PA_XA", "PD_XA")]
-        ratio = " : ".join(
-            [number(r["ratio"][0])]
-            + [with_interval(v, (ci.get("ratio") or [None] * 4)[i + 1]) for i, v in enumerate(r["ratio"][1:])]
-        )
-        lines.append(f"| `{r['model']}` | " + " | ".join(cells) + f" | {ratio} |")
-    lines += [""]
-    for r in rows:
-        ci = r.get("ci", {})
-        lower_x, lower_a = (with_interval(r[k], ci.get(k), percent) for k in ("PA_AX", "PD_AX"))
-        lines.append(f"- `{r['model']}` has the lower NLL on {lower_x} of A's likely inputs, A on {lower_a}.")
-    lines += _warnings_section(warnings)
-    lines += _runs_section(runs or {}, experiment_id)
-    return "\n".join(lines) + "\n"

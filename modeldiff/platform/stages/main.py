@@ -19,9 +19,9 @@ from ..runtime import Dist
 from . import STAGE, annotate, normalize
 
 
-def chain(cfg, dist: Dist, model_a: str, model_b: str, announce: bool = True) -> dict:
-    """Runs or reuses every step inside the open parent run; returns {step name: run id}. `announce`: print the
-    ratio and how to open the run (a run of its own; compare's pairs are not announced one by one)."""
+def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
+    """Runs or reuses every step inside the open parent run; returns {step name: run id}. Ends by printing the ratio
+    and where the run is and how to open it."""
     with dist.main_first():
         a, b = load_model(model_a, cfg), load_model(model_b, cfg)
     check_comparable(a, b)
@@ -52,7 +52,7 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str, announce: bool = True) ->
                 model_b=b.ref,
                 z_range=tuple(cfg.z_range),
                 warnings=warnings,
-                runs={describe.step_label(step): r for step, r in runs.items()},
+                runs=tracking.located({describe.step_label(step): r for step, r in runs.items()}),
                 experiment_id=exp,
                 title=f"Model-diff of {a.ref} and {b.ref}",
                 extra=["", "**Annotation**", "", *annotations] if annotations else None,
@@ -61,9 +61,8 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str, announce: bool = True) ->
         run_id = tracking.finish(STAGE["main"].hash(cfg, model_a=a.identity, model_b=b.identity))
         level = f"{ratio['ci']['level']:.0%}"
         print(f"modeldiff: ratio PD_AB:PA_AB:PA_BA:PD_BA = {normalize.ratio_text(ratio)} ({level} intervals)")
-        if announce:
-            for line in tracking.how_to_open(exp, run_id):
-                print(f"modeldiff: {line}")
+        for line in tracking.how_to_open(exp, run_id):
+            print(f"modeldiff: {line}")
     return runs
 
 
