@@ -298,19 +298,8 @@ def active_experiment_id() -> str:
 
 
 def how_to_open(experiment_id: str, run_id: str) -> list[str]:
-    """Where a run is and how to open it in the UI: the server's address when the tracking URI is a server, or the
-    `mlflow ui` command for a local store (links name the training view: MLflow 3's UI otherwise opens an experiment
-    in the mode the browser used last, GenAI at first)."""
-    from modeldiff.views.describe import ui_route
+    """Where a run is and how to open it in the UI (modeldiff.views.describe.where_to_look)."""
+    from modeldiff.views.describe import where_to_look
 
     uri = mlflow.get_tracking_uri()
-    name = MlflowClient().get_experiment(experiment_id).name
-    lines = [f"run {run_id} in experiment '{name}' (id {experiment_id}), tracking URI {uri}"]
-    if uri.startswith(("http://", "https://")):
-        base = uri.rstrip("/")
-        lines.append(f"open {base}/{ui_route(experiment_id)} (the experiment's runs table)")
-    else:
-        base = "http://127.0.0.1:5000"
-        lines.append(f"open it: mlflow ui --backend-store-uri {uri}   then {base}/{ui_route(experiment_id)}")
-    lines.append(f"this run: {base}/{ui_route(experiment_id, run_id)}")
-    return lines
+    return where_to_look(uri, MlflowClient().get_experiment(experiment_id).name, experiment_id, run_id)

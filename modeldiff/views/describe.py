@@ -56,6 +56,21 @@ def ui_route(experiment_id, run_id: str | None = None) -> str:
     return f"#/experiments/{experiment_id}?{WORKFLOW}"
 
 
+def where_to_look(tracking_uri: str, experiment_name: str, experiment_id, run_id: str) -> list[str]:
+    """Where a run is and how to open it: the server's address when the tracking URI is a server, else the `mlflow
+    ui` command for the local store (links name the training view: MLflow 3's UI otherwise opens an experiment in the
+    mode the browser used last, GenAI at first)."""
+    lines = [f"run {run_id} in experiment '{experiment_name}' (id {experiment_id}), tracking URI {tracking_uri}"]
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+        lines.append(f"open {base}/{ui_route(experiment_id)} (the experiment's runs table)")
+    else:
+        base = "http://127.0.0.1:5000"
+        lines.append(f"open it: mlflow ui --backend-store-uri {tracking_uri}   then {base}/{ui_route(experiment_id)}")
+    lines.append(f"this run: {base}/{ui_route(experiment_id, run_id)}")
+    return lines
+
+
 def run_link(label: str, experiment_id, run_id: str) -> str:
     """A Markdown link to a run that works inside the MLflow UI (a route relative to the page)."""
     return f"[{label}]({ui_route(experiment_id, run_id)})"

@@ -196,3 +196,19 @@ def test_annotation_description_gives_precision_and_recall_with_their_errors():
     assert "[cross_eval A→B](#/experiments/1/runs/ce)" in text
     line = describe.annotation_line("BA", result)
     assert line.startswith("- annotate B→A (D in (-inf, 0), toy_rule): precision 0.831 ± 0.021, recall 0.510")
+
+
+def test_where_to_look_names_the_run_and_how_to_open_it():
+    local = describe.where_to_look("sqlite:///mlflow.db", "modeldiff", "1", "abc")
+    assert local == [
+        "run abc in experiment 'modeldiff' (id 1), tracking URI sqlite:///mlflow.db",
+        "open it: mlflow ui --backend-store-uri sqlite:///mlflow.db   then "
+        "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning",
+        "this run: http://127.0.0.1:5000/#/experiments/1/runs/abc",
+    ]
+    server = describe.where_to_look("https://mlflow.example.org/", "team", "7", "r9")
+    assert (
+        server[1]
+        == "open https://mlflow.example.org/#/experiments/7?workflowType=machine_learning (the experiment's runs table)"
+    )
+    assert server[2] == "this run: https://mlflow.example.org/#/experiments/7/runs/r9"
