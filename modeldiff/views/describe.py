@@ -214,10 +214,13 @@ VERDICT_TEXT = {
 
 
 EVIDENCE_TEXT = {
-    "black_box": "the draws (the other model has the lower NLL on almost none of the copy's own likely inputs)",
-    "weight_energy": "the weights (the copy carries the extra energy of added noise)",
-    "argument_order": "by argument order only (neither the draws nor the weights tell which one; B is taken as the "
-    "copy)",
+    "black_box_dominance": "the draws: on the copy's own likely inputs the other model has the lower NLL almost always",
+    "black_box_balance": "the draws: summed over both sides' inputs, D = z_A − z_B leans to the parent (it has the "
+    "lower NLL on both sides)",
+    "weight_energy": "the weights: the copy carries the extra energy of added noise",
+    "registration_order": "the registry: the copy was registered after its parent (neither the draws nor the weights "
+    "tell which one)",
+    "unknown": "unknown: neither the draws nor the weights tell which one (the order of the arguments is no evidence)",
 }
 
 
@@ -238,12 +241,16 @@ def _side_line(rep_side: dict, side: str, other: str, level: float) -> str:
 
 
 def plagiarism_description(rep: dict, *, runs: dict | None = None, experiment_id=None) -> str:
-    """plagiarism_check's description (a pair): the verdict, who is the copy of whom, the evidence, the chain's runs."""
+    """plagiarism_check's description (a pair): the verdict, who is the copy of whom (the parent), the evidence, and
+    the chain's runs."""
     verdict = rep["verdict"]
+    a, b = rep.get("model_a"), rep.get("model_b")
     if verdict == "suspected_copy_of" and rep.get("copy_model"):
         head = f"`{rep['copy_model']}` is a suspected copy of `{rep['parent_model']}` (its parent)"
+    elif verdict == "suspected_copy_of":
+        head = f"one of A = `{a}` and B = `{b}` is a suspected copy of the other"
     else:
-        head = f"{VERDICT_TEXT.get(verdict, verdict)}: A = `{rep.get('model_a')}`, B = `{rep.get('model_b')}`"
+        head = f"{VERDICT_TEXT.get(verdict, verdict)}: A = `{a}`, B = `{b}`"
     lines = [f"### Verdict: {verdict}", "", f"**{head}.**", ""]
     if rep.get("direction_evidence"):
         lines.append(
@@ -251,16 +258,25 @@ def plagiarism_description(rep: dict, *, runs: dict | None = None, experiment_id
         )
     lines += [f"Why: {rep.get('reason', '')}.", "", f"Evidence used: {rep.get('mode', 'combined').replace('_', ' ')}."]
     bb = rep.get("black_box")
+    th = rep.get("thresholds") or {}
     if bb:
-        level = float((rep.get("thresholds") or {}).get("confidence", 0.95))
+        level = float(th.get("confidence", 0.95))
         lines += ["", "**Black box** (Model-diff draws):", ""]
         lines.append(_side_line(bb["A"], "A", "B", level))
         lines.append(_side_line(bb["B"], "B", "A", level))
-        near = (rep.get("thresholds") or {}).get("near_identical")
-        lines.append(
-            f"- 95th percentile of |D| over both sides: {number(bb['abs_D_q95'], 4)}"
-            + (f" (near-identical at most {near:g})" if near is not None else "")
-        )
+        if "relative_D" in bb:
+            lo, hi = bb["relative_D_interval"]
+            lines.append(
+                f"- median |D| over the pair's own z spread ({number(bb['scale'], 4)}): {number(bb['relative_D'])} "
+                f"[{number(lo)}, {number(hi)}] ({level:.0%} interval over {bb['n_effective']:.0f} effective inputs; "
+                f"near copies at most {th.get('near_identical', float('nan')):g}, farther apart than any copy above "
+                f"{th.get('distinct', float('nan')):g})"
+            )
+            lines.append(
+                f"- balance mean_A(D) + mean_B(D) = {number(bb['balance'], 4)} ± {number(bb['balance_se'], 4)} "
+                f"(z = {_p(bb.get('balance_z'), '+.2f')}; below 0: A has the lower NLL on both sides' inputs)"
+            )
+        lines.append(f"- 95th percentile of |D| over both sides: {number(bb['abs_D_q95'], 4)}")
     wb = rep.get("white_box")
     if wb:
         lines += ["", "**White box** (the weights):", ""]
@@ -273,7 +289,7 @@ def plagiarism_description(rep: dict, *, runs: dict | None = None, experiment_id
         else:
             lines.append(f"- not applicable: {wb.get('reason', '')}")
     if rep.get("ratio"):
-        lines += ["", f"Ratio PD_A→B : PA_A→B : PA_B→A : PD_B→A = {' : '.join(number(r) for r in rep['ratio'])}."]
+        lines += ["", "The ratio with its intervals is on the normalize run."]
     lines += _runs_section(runs or {}, experiment_id)
     return "\n".join(lines) + "\n"
 
@@ -286,9 +302,8 @@ def screening_description(body: dict, *, experiment_id=None, runs: dict | None =
     if pairs:
         lines += ["| counterpart | verdict | copy | evidence |", "| --- | --- | --- | --- |"]
         for c, r in pairs.items():
-            lines.append(
-                f"| `{c}` | {r.get('verdict')} | {r.get('copy') or ''} | {r.get('direction_evidence') or ''} |"
-            )
+            copy = {"B": "this version", "A": "the counterpart"}.get(r.get("copy"), "")
+            lines.append(f"| `{c}` | {r.get('verdict')} | {copy} | {r.get('direction_evidence') or ''} |")
     else:
         lines.append("No registered version of the same vocabulary to compare with.")
     for c, why in (body.get("skipped") or {}).items():

@@ -100,13 +100,20 @@ PLAGIARISM = {
     "mode": "combined",
     "copy": "B",
     "parent": "A",
-    "direction_evidence": "argument_order",
+    "direction_evidence": "black_box_balance",
     "reason": "weights related (p = 7.6e-36) and the difference is noise-like",
-    "thresholds": {"confidence": 0.95, "near_identical": 0.03},
+    "thresholds": {"confidence": 0.95, "near_identical": 0.25, "distinct": 2.0},
     "black_box": {
         "A": {"other_wins": 0.41, "interval": [0.32, 0.51], "n_effective": 88.2, "n_distinct": 120},
         "B": {"other_wins": 0.47, "interval": [0.38, 0.56], "n_effective": 90.0, "n_distinct": 131},
         "abs_D_q95": 0.0123,
+        "scale": 0.0841,
+        "relative_D": 0.052,
+        "relative_D_interval": [0.044, 0.061],
+        "n_effective": 178.2,
+        "balance": -0.0021,
+        "balance_se": 0.0004,
+        "balance_z": -5.25,
     },
     "white_box": {"applicable": True, "p_value": 7.6e-36, "structure_p_value": 0.72, "direction_z": 1.3},
     "ratio": [1.0, 0.9, 1.1, 1.2],
@@ -117,12 +124,24 @@ def test_plagiarism_description_names_copy_and_parent_with_the_evidence():
     text = describe.plagiarism_description(PLAGIARISM, runs={"normalize": "n1"}, experiment_id="4")
     assert text.startswith("### Verdict: suspected_copy_of\n")
     assert "**`noise:1e-2:relative:toy:small` is a suspected copy of `toy:small` (its parent).**" in text
-    assert "Which one is the copy: by argument order only (neither the draws nor the weights tell which one" in text
+    assert "Which one is the copy: the draws: summed over both sides' inputs, D = z_A − z_B leans to the parent" in text
     assert "on B's own inputs, A has the lower NLL on 47% of the draws [38%, 56%] (95% Wilson interval over 90" in text
-    assert "95th percentile of |D| over both sides: 0.0123 (near-identical at most 0.03)" in text
+    assert (
+        "- median |D| over the pair's own z spread (0.0841): 0.052 [0.044, 0.061] (95% interval over 178 effective "
+        "inputs; near copies at most 0.25, farther apart than any copy above 2)"
+    ) in text
+    assert "- balance mean_A(D) + mean_B(D) = -0.0021 ± 0.0004 (z = -5.25; below 0: A has the lower NLL" in text
+    assert "95th percentile of |D| over both sides: 0.0123" in text
     assert "independence p = 7.6e-36" in text and "noise-structure p = 0.72" in text and "z = +1.30" in text
-    assert "Ratio PD_A→B : PA_A→B : PA_B→A : PD_B→A = 1.000 : 0.900 : 1.100 : 1.200." in text
+    assert "The ratio with its intervals is on the normalize run." in text
     assert "[normalize](#/experiments/4/runs/n1)" in text
+
+    unknown = {**PLAGIARISM, "copy_model": None, "parent_model": None, "direction_evidence": "unknown"}
+    text = describe.plagiarism_description(unknown)
+    assert (
+        "**one of A = `toy:small` and B = `noise:1e-2:relative:toy:small` is a suspected copy of the other.**" in text
+    )
+    assert "Which one is the copy: unknown: neither the draws nor the weights tell which one" in text
 
     independent = {**PLAGIARISM, "verdict": "independent", "copy_model": None, "direction_evidence": None}
     independent["white_box"] = {"applicable": False, "reason": "different architectures"}
@@ -139,12 +158,18 @@ def test_screening_description_lists_each_counterpart():
         "version": "models:/suspect/1",
         "verdict": "suspected_copy_of",
         "counterpart": "models:/parent/1",
-        "pairs": {"models:/parent/1": {"verdict": "suspected_copy_of", "copy": "B", "direction_evidence": "black_box"}},
+        "pairs": {
+            "models:/parent/1": {
+                "verdict": "suspected_copy_of",
+                "copy": "B",
+                "direction_evidence": "black_box_dominance",
+            }
+        },
         "skipped": {"models:/broken/1": "cannot load"},
     }
     text = describe.screening_description(body)
     assert text.startswith("### Screening of `models:/suspect/1`: suspected_copy_of `models:/parent/1`")
-    assert "| `models:/parent/1` | suspected_copy_of | B | black_box |" in text
+    assert "| `models:/parent/1` | suspected_copy_of | this version | black_box_dominance |" in text
     assert "- skipped `models:/broken/1`: cannot load" in text
 
 
