@@ -7,6 +7,8 @@ stage-1 units) is printed and tagged `modeldiff.warning`.
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 
 from modeldiff import pipeline
@@ -78,6 +80,15 @@ def _check_pair(ab_run: str, ba_run: str) -> dict:
     return tags["AB"]
 
 
+def _z_range_of(cross_eval_run: str, cfg) -> tuple:
+    """The Z the draws were flagged with (in_z_other): the cross_eval run's, which may differ from this config's."""
+    logged = mlflow.get_run(cross_eval_run).data.params.get("z_range")
+    try:
+        return tuple(float(z) for z in json.loads(logged))
+    except (TypeError, ValueError):
+        return tuple(cfg.z_range)
+
+
 def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
     """Inside an open run on the main process (the others have nothing to do); returns the run id there."""
     if not dist.is_main:
@@ -104,7 +115,7 @@ def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
             ratio,
             model_a=tags.get(tracking.MODEL_A),
             model_b=tags.get(tracking.MODEL_B),
-            z_range=tuple(cfg.z_range),
+            z_range=_z_range_of(ab_run, cfg),
             warnings=warnings,
             runs=tracking.located({"cross_eval A→B": ab_run, "cross_eval B→A": ba_run}),
             experiment_id=tracking.active_experiment_id(),
