@@ -263,6 +263,7 @@ def log_table(df: pd.DataFrame, artifact_file: str):
 
 
 WARNING = "modeldiff.warning"  # a run's warnings, "; "-joined: what the result cannot support
+NOTE = "mlflow.note.content"  # a run's description (Markdown), shown on its overview page in the UI
 
 
 def add_warnings(lines: list[str]):
@@ -270,3 +271,35 @@ def add_warnings(lines: list[str]):
     run = mlflow.active_run()
     before = mlflow.get_run(run.info.run_id).data.tags.get(WARNING) if run else None
     mlflow.set_tag(WARNING, "; ".join([*([before] if before else []), *lines]))
+
+
+def warnings_of(run_id: str) -> list[str]:
+    """A run's warnings (its `modeldiff.warning` tag, split)."""
+    text = MlflowClient().get_run(run_id).data.tags.get(WARNING)
+    return [w for w in text.split("; ") if w] if text else []
+
+
+def set_description(text: str, run_id: str | None = None):
+    """A run's description (Markdown; default the active run): what it found, in words (modeldiff.views.describe)."""
+    if run_id is None:
+        mlflow.set_tag(NOTE, text)
+    else:
+        MlflowClient().set_tag(run_id, NOTE, text)
+
+
+def located(runs: dict) -> dict:
+    """label -> run id as label -> (experiment id, run id), for links to runs that may be in other experiments."""
+    client = MlflowClient()
+    return {label: (client.get_run(run_id).info.experiment_id, run_id) for label, run_id in runs.items()}
+
+
+def active_experiment_id() -> str:
+    return mlflow.active_run().info.experiment_id
+
+
+def how_to_open(experiment_id: str, run_id: str) -> list[str]:
+    """Where a run is and how to open it in the UI (modeldiff.views.describe.where_to_look)."""
+    from modeldiff.views.describe import where_to_look
+
+    uri = mlflow.get_tracking_uri()
+    return where_to_look(uri, MlflowClient().get_experiment(experiment_id).name, experiment_id, run_id)

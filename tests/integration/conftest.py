@@ -19,6 +19,7 @@ def chain(store):
     """`mlflow run . -e main` once: the parent run and its children."""
     res = mlflow_run(store, "main", config="configs/toy.yaml", overrides=OVERRIDES)
     assert res.returncode == 0, res.stderr[-3000:]
+    store["main_output"] = res.stdout + res.stderr  # what a user sees at the end of the run
     parent = runs_of(store, "main", "FINISHED")[0]
     return parent, {
         k.removeprefix("modeldiff.run."): v for k, v in parent.data.tags.items() if k.startswith("modeldiff.run.")

@@ -38,6 +38,12 @@ def test_interrupted_run_resumes_and_two_processes_agree(store, monkeypatch):
     run = MlflowClient().get_run(full)
     assert {"outdist/outdist.npz", "tables/ess_per_bin.json", "plots/rho_z.png"} <= set(artifacts(full))
     assert run.data.metrics["n_records"] == 640 and run.data.metrics["ess_in_z"] > 0
+    note = run.data.tags["mlflow.note.content"]  # its description (issue 17): coverage of Z and the ESS
+    assert (
+        "Sampled by ancestral (5 independent blocks, 640 records)." in note
+        and "**Coverage of Z = [1.3, 1.8]:**" in note
+    )
+    assert f"- effective sample size in Z: {run.data.metrics['ess_in_z']:.0f}" in note
     assert run.data.tags[tracking.CHECKPOINT_STEP] == "640"  # the last checkpoint holds every sample
 
     logged, log_checkpoint = [], tracking.log_checkpoint

@@ -70,6 +70,16 @@ def test_main_annotates_both_sides_with_the_toy_rule(store, chain):  # noqa: F81
         run = MlflowClient().get_run(run_id)
         assert run.data.tags["modeldiff.direction"] == direction and run.data.tags["modeldiff.model_a"] == "toy:small"
         assert run.data.metrics["precision"] == ann["precision"]
+        # its description (issue 17), and the parent's: precision and recall with their errors, as logged
+        note = run.data.tags["mlflow.note.content"]
+        p, r = f"{ann['precision']:.3f} ± {ann['precision_se']:.3f}", f"{ann['recall']:.3f} ± {ann['recall_se']:.3f}"
+        assert f"**Precision {p}, recall {r}** (± one standard error" in note
+        arrow = direction[0] + "→" + direction[1]
+        assert f"[cross_eval {arrow}](#/experiments/{run.info.experiment_id}/runs/" in note
+        assert (
+            f"annotate {arrow} (D in {ann['window']['text']}, toy_rule): precision {p}, recall {r}"
+            in (MlflowClient().get_run(parent.info.run_id).data.tags["mlflow.note.content"])
+        )
     # a rerun reuses every step, the annotations included
     before = len(runs_of(store, "annotate"))
     assert main.main(["--config", "configs/toy.yaml", "--overrides", AUTO]) == runs
@@ -88,6 +98,7 @@ def test_export_fill_and_import_a_sheet(store, chain, tmp_path):  # noqa: F811
     assert f"MLFLOW_TRACKING_URI={store['env']['MLFLOW_TRACKING_URI']} mlflow artifacts download -r" in res.stdout
     export = runs_of(store, "annotate", "FINISHED")[0]
     assert export.data.tags["modeldiff.annotate.mode"] == "export"
+    assert f"-P cross_eval_run={ab}" in export.data.tags["mlflow.note.content"]  # its description says what next
     assert set(artifacts(export.info.run_id)) == {
         "config/resolved.yaml",
         "annotation/sheet.csv",

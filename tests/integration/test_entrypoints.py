@@ -18,13 +18,14 @@ from entrypoints import cross_eval, main, normalize, sample_outdist
 from entrypoints import tokendiff as tokendiff_ep
 from modeldiff.method.toy import ToyTask, make_toy_model
 from modeldiff.platform import tracking
+from modeldiff.views import describe
 from support import ROOT, artifacts, ratio_of
 from support.chains import ARTIFACTS, EXPERIMENT, OVERRIDES, mlflow_run, outdist_arrays, runs_of
 
 pytestmark = pytest.mark.integration
 
 
-def test_main_logs_the_contract_artifacts(chain):
+def test_main_logs_the_contract_artifacts(store, chain):
     parent, children = chain
     assert set(children) == {"sample_outdist_A", "sample_outdist_B", "cross_eval_AB", "cross_eval_BA", "normalize"}
     client = MlflowClient()
@@ -64,6 +65,35 @@ def test_main_logs_the_contract_artifacts(chain):
     assert m["ess_min_in_z"] < 100, m  # 8 ladders of 300 steps: too few for every bin, so the warning must be there
     assert "bins in Z have ESS < 100" in sampling.data.tags["modeldiff.warning"]  # and it is carried up to main
     assert "sample_outdist_A: " in client.get_run(parent.info.run_id).data.tags["modeldiff.warning"]
+    # issue 17: each run's description (mlflow.note.content) states its result in words; main ends by naming the
+    # experiment, the run and how to open it
+    note = lambda run_id: client.get_run(run_id).data.tags["mlflow.note.content"]  # noqa: E731
+    ratio, exp = ratio_of(children["normalize"]), store["experiment_id"]
+    for run_id in (parent.info.run_id, children["normalize"]):
+        text = note(run_id)
+        assert f"= {describe.ratio_line(ratio)}** (95% intervals, λ = 0)" in text
+        pa_ab = describe.term_sentence("PA_AB", ratio["terms"]["PA_AB"], ratio["ci"]["terms"]["PA_AB"])
+        assert f"- {pa_ab}." in text and "on B's likely inputs, A assigns the lower NLL" in text
+        assert "(z in Z = [1.3, 1.8])" in text
+        for k in (1, 2, 3):  # each ratio entry with its interval as ratio.json logs them, to 3 decimals
+            lo, hi = ci["ratio"][k]
+            assert f"{ratio['ratio'][k]:.3f} [{lo:.3f}, {hi:.3f}]" in text, (k, text)
+    main_note = note(parent.info.run_id)
+    for step, run_id in children.items():  # links to every step, in the UI's own routes
+        assert f"[{describe.step_label(step)}](#/experiments/{exp}/runs/{run_id})" in main_note
+    assert "bins in Z have ESS < 100" in main_note  # the steps' warnings
+    assert f"[cross_eval A→B](#/experiments/{exp}/runs/{children['cross_eval_AB']})" in note(children["normalize"])
+    sampling = note(children["sample_outdist_A"])
+    assert "### ρ̃(z) of `toy:small`" in sampling and "**Coverage of Z = [" in sampling
+    assert "- split-R̂, largest over Z's bins" in sampling and "bins in Z have ESS < 100" in sampling
+    out = store["main_output"]
+    uri = store["env"]["MLFLOW_TRACKING_URI"]
+    assert f"run {parent.info.run_id} in experiment '{EXPERIMENT}' (id {exp}), tracking URI {uri}" in out
+    assert (
+        f"open it: mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000/#/experiments/{exp}?workflowType="
+        in out
+    )
+    assert f"this run: http://127.0.0.1:5000/#/experiments/{exp}/runs/{parent.info.run_id}" in out
 
 
 def test_rerun_reuses_finished_runs(store, chain):

@@ -15,6 +15,7 @@ from entrypoints import plagiarism_check
 from modeldiff.config import load_config
 from modeldiff.platform.model_registry import register_model
 from modeldiff.platform.screening import COUNTERPART_TAG, STATUS_TAG, VERDICT_TAG
+from modeldiff.views import describe
 from support import sqlite_store
 
 pytestmark = pytest.mark.integration
@@ -86,6 +87,16 @@ def test_mlflow_run_pair_logs_the_verdict_and_its_evidence(copy_check):
     assert {"plagiarism.json", "plots/D_overlay.png", "config/resolved.yaml"} <= files
     assert run.data.metrics["weight_p_value"] == rep["white_box"]["p_value"]
     assert run.data.tags["modeldiff.model_a"] == "toy:small" and run.data.tags["modeldiff.model_b"] == COPY
+    # its description (issue 17): the verdict, the copy and its parent, the evidence as logged, the chain's runs
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("### Verdict: suspected_copy_of\n") and "Which one is the copy: " in note
+    if rep["copy_model"]:
+        assert f"**`{COPY}` is a suspected copy of `toy:small` (its parent).**" in note
+    bb = rep["black_box"]
+    assert f"- median |D| over the pair's own z spread ({bb['scale']:.4f}): {bb['relative_D']:.3f} [" in note
+    assert f"A has the lower NLL on {describe.percent(bb['B']['other_wins'])} of the draws" in note
+    assert f"independence p = {rep['white_box']['p_value']:.3g}" in note
+    assert f"[normalize](#/experiments/{run.info.experiment_id}/runs/{rep['runs']['normalize']})" in note
 
 
 def test_independent_seed_is_no_copy_and_steps_are_reused(store, copy_check):

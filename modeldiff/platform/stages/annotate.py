@@ -22,7 +22,7 @@ from modeldiff.analysis import annotate
 from modeldiff.analysis.annotate import Selection, Window
 from modeldiff.method.uncertainty import REPLICATES_FILE, SideReplicates
 from modeldiff.models import LoadedModel, load_model
-from modeldiff.views import plots
+from modeldiff.views import describe, plots
 from modeldiff.views.sheet import sheet_html
 
 from .. import tracking
@@ -95,6 +95,15 @@ def _export(cfg, job: Job, window_text: str, cfg_args: dict) -> str:
     )
     _log_sheet(selection, None, job.title, job.about, instructions)
     mlflow.log_metrics({"n_to_annotate": len(selection.rows), "n_in_window": int(selection.bin_draws.sum())})
+    tracking.set_description(
+        describe.sheet_description(
+            len(selection.rows),
+            int(selection.bin_draws.sum()),
+            job.window.text,
+            job.arrow,
+            _import_command(job.cross_eval_run, window_text, cfg_args),
+        )
+    )
     tracking.finish(stage_hash(cfg, job.cross_eval_run, job.window, "export", "human"))
     print(
         f"modeldiff: annotate: exported {len(selection.rows)} inputs of cross_eval run {job.cross_eval_run} "
@@ -146,6 +155,13 @@ def _log_estimate(cfg, job: Job, mode: str, values, identity: str, scores: str) 
     mlflow.log_metrics(
         {k: result[k] for k in ("precision", "precision_se", "recall", "recall_se", "window_mass")}
         | {"n_in_window": result["counts"]["n_in_window"], "n_annotated": result["counts"]["n_annotated"]}
+    )
+    tracking.set_description(
+        describe.annotation_description(
+            result,
+            runs=tracking.located({f"cross_eval {job.arrow}": job.cross_eval_run}),
+            experiment_id=tracking.active_experiment_id(),
+        )
     )
     run_id = tracking.finish(stage_hash(cfg, job.cross_eval_run, job.window, mode, identity))
     print(

@@ -11,6 +11,7 @@ import mlflow
 from modeldiff.analysis import annotate as annotation
 from modeldiff.method.uncertainty import warnings_for
 from modeldiff.models import check_comparable, load_model
+from modeldiff.views import describe
 
 from .. import tracking
 from ..chain import pair_tags, run_or_reuse, run_steps
@@ -19,7 +20,8 @@ from . import STAGE, annotate, normalize
 
 
 def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
-    """Runs or reuses every step inside the open parent run; returns {step name: run id}."""
+    """Runs or reuses every step inside the open parent run; returns {step name: run id}. Ends by printing the ratio
+    and where the run is and how to open it."""
     with dist.main_first():
         a, b = load_model(model_a, cfg), load_model(model_b, cfg)
     check_comparable(a, b)
@@ -41,11 +43,26 @@ def chain(cfg, dist: Dist, model_a: str, model_b: str) -> dict:
                 warnings.append(f"{step}: {step_warning}")
         if warnings:
             tracking.add_warnings(warnings)
-        _log_annotations(runs)
+        annotations = _log_annotations(runs)
         mlflow.set_tags({f"modeldiff.run.{k}": v for k, v in runs.items()})
-        tracking.finish(STAGE["main"].hash(cfg, model_a=a.identity, model_b=b.identity))
+        tracking.set_description(
+            describe.ratio_description(
+                ratio,
+                model_a=a.ref,
+                model_b=b.ref,
+                z_range=tuple(cfg.z_range),
+                warnings=warnings,
+                runs=tracking.located({describe.step_label(step): r for step, r in runs.items()}),
+                experiment_id=exp,
+                title=f"Model-diff of {a.ref} and {b.ref}",
+                extra=["", "**Annotation**", "", *annotations] if annotations else None,
+            )
+        )
+        run_id = tracking.finish(STAGE["main"].hash(cfg, model_a=a.identity, model_b=b.identity))
         level = f"{ratio['ci']['level']:.0%}"
         print(f"modeldiff: ratio PD_AB:PA_AB:PA_BA:PD_BA = {normalize.ratio_text(ratio)} ({level} intervals)")
+        for line in tracking.how_to_open(exp, run_id):
+            print(f"modeldiff: {line}")
     return runs
 
 
@@ -71,8 +88,10 @@ def _annotate_both(cfg, dist: Dist, experiment_id, runs: dict, a) -> dict:
     return out
 
 
-def _log_annotations(runs: dict):
-    """The parent shows both sides' precision and recall (their recalls compare, like PD_AB and PD_BA)."""
+def _log_annotations(runs: dict) -> list[str]:
+    """The parent shows both sides' precision and recall (their recalls compare, like PD_AB and PD_BA); returns
+    them as lines of its description."""
+    lines = []
     for direction in ("AB", "BA"):
         if f"annotate_{direction}" in runs:
             ann = tracking.load_json(runs[f"annotate_{direction}"], "annotate", "annotation.json")
@@ -83,6 +102,8 @@ def _log_annotations(runs: dict):
                 f"modeldiff: annotate {direction} ({ann['annotator']}): precision {ann['precision']:.3f}, "
                 f"recall {ann['recall']:.3f}"
             )
+            lines.append(describe.annotation_line(direction, ann))
+    return lines
 
 
 def run(cfg, dist: Dist, args) -> dict:

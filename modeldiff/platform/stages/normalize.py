@@ -7,12 +7,14 @@ stage-1 units) is printed and tagged `modeldiff.warning`.
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 
 from modeldiff import pipeline
 from modeldiff.method.normalize import TERMS
 from modeldiff.method.uncertainty import warnings_for
-from modeldiff.views import plots
+from modeldiff.views import describe, plots
 
 from .. import tracking
 from ..runtime import Dist
@@ -78,6 +80,15 @@ def _check_pair(ab_run: str, ba_run: str) -> dict:
     return tags["AB"]
 
 
+def _z_range_of(cross_eval_run: str, cfg) -> tuple:
+    """The Z the draws were flagged with (in_z_other): the cross_eval run's, which may differ from this config's."""
+    logged = mlflow.get_run(cross_eval_run).data.params.get("z_range")
+    try:
+        return tuple(float(z) for z in json.loads(logged))
+    except (TypeError, ValueError):
+        return tuple(cfg.z_range)
+
+
 def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
     """Inside an open run on the main process (the others have nothing to do); returns the run id there."""
     if not dist.is_main:
@@ -99,6 +110,18 @@ def execute(cfg, dist: Dist, ab_run: str, ba_run: str) -> str | None:
     )
     tracking.log_table(sweep, "tables/lambda_sweep.json")
     mlflow.log_metrics(ratio_metrics(ratio))
+    tracking.set_description(
+        describe.ratio_description(
+            ratio,
+            model_a=tags.get(tracking.MODEL_A),
+            model_b=tags.get(tracking.MODEL_B),
+            z_range=_z_range_of(ab_run, cfg),
+            warnings=warnings,
+            runs=tracking.located({"cross_eval A→B": ab_run, "cross_eval B→A": ba_run}),
+            experiment_id=tracking.active_experiment_id(),
+            title="normalize: the Model-diff ratio",
+        )
+    )
     return tracking.finish(stage_hash(cfg, ab_run, ba_run))
 
 

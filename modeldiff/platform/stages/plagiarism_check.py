@@ -19,7 +19,7 @@ import mlflow
 from modeldiff import pipeline
 from modeldiff.analysis.plagiarism import screening_verdict, statistic
 from modeldiff.models import LoadedModel, check_comparable, load_model
-from modeldiff.views import plots
+from modeldiff.views import describe, plots
 
 from .. import screening, tracking
 from ..chain import pair_tags, run_steps
@@ -93,6 +93,8 @@ def _pair_mode(cfg, dist: Dist, model_a: str, model_b: str) -> dict | None:
             plots.d_overlay_figure(*draws, title=f"A = {a.ref}, B = {b.ref}: {rep['verdict']}"), "plots/D_overlay.png"
         )
     mlflow.set_tag("modeldiff.verdict", rep["verdict"])
+    steps = {describe.step_label(step): r for step, r in (rep.get("runs") or {}).items()}
+    tracking.set_description(describe.plagiarism_description(rep, runs=steps, experiment_id=run.info.experiment_id))
     if model_b.startswith("models:/"):  # a registry version gets its lineage tags from an explicit check too
         verdict = rep["verdict"] if rep["copy"] in (None, "B") else "related"
         screening.write_lineage(
@@ -164,6 +166,7 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
     }
     mlflow.log_dict(body, "plagiarism.json")
     mlflow.set_tags({"modeldiff.verdict": verdict, "modeldiff.counterpart": counterpart})
+    tracking.set_description(describe.screening_description(body))
     screening.write_lineage(uri, verdict, counterpart, stat, run.info.run_id, skipped)
     print(
         f"modeldiff: {uri}: {verdict}{' ' + counterpart if counterpart else ''} "

@@ -18,7 +18,7 @@ from modeldiff import pipeline
 from modeldiff.method.outdist import OutputDistribution
 from modeldiff.method.tempering import Checkpointing
 from modeldiff.models import LoadedModel, load_model
-from modeldiff.views import plots
+from modeldiff.views import describe, plots
 
 from .. import tracking
 from ..runtime import Dist
@@ -63,7 +63,29 @@ def _log(cfg, loaded: LoadedModel, od: OutputDistribution):
             "sampling_seconds": meta["sampling_seconds"],
         }
     )
-    (_log_ancestral if meta["method"] == "ancestral" else _log_tempering)(od)
+    diagnostics = (_log_ancestral if meta["method"] == "ancestral" else _log_tempering)(od)
+    tracking.set_description(
+        describe.outdist_description(summary(od, loaded.ref, diagnostics), warnings=meta.get("warnings") or [])
+    )
+
+
+def summary(od: OutputDistribution, model: str, diagnostics: dict) -> dict:
+    """What the run's description says: how the samples cover Z, and the diagnostics."""
+    bins_in_z = np.flatnonzero(od.in_z)
+    reached = od.hist.sum(0)[bins_in_z] > 0
+    return {
+        "model": model,
+        "method": od.meta["method"],
+        "z_range": list(od.z_range),
+        "n_units": od.meta.get("n_units"),
+        "n_records": od.meta["n_records"],
+        "n_in_z": od.meta["n_in_z"],
+        "n_distinct_in_z": od.meta["n_distinct_in_z"],
+        "bins_in_z": int(len(bins_in_z)),
+        "bins_reached": int(reached.sum()),
+        "empty_bins": [[float(od.edges[b]), float(od.edges[b + 1])] for b in bins_in_z[~reached]],
+        "diagnostics": diagnostics,
+    }
 
 
 def diagnostics_table(od: OutputDistribution) -> pd.DataFrame:
@@ -73,28 +95,23 @@ def diagnostics_table(od: OutputDistribution) -> pd.DataFrame:
     return table
 
 
-def _log_tempering(od: OutputDistribution):
+def _log_tempering(od: OutputDistribution) -> dict:
     meta = od.meta
     table = diagnostics_table(od)
     in_z = table[table["in_z"] & table["rhat"].notna()]
     round_trips = meta.get("round_trips") or []
-    mlflow.log_metrics(
-        {
-            "acceptance_mean": float(np.mean(meta["acceptance"])),
-            "swap_acceptance_min": float(np.min(meta["swap_acceptance"], initial=1.0)),
-            "wham_iterations": meta["wham_iterations"],
-            **(
-                {"round_trips_min": min(round_trips), "round_trips_mean": float(np.mean(round_trips))}
-                if round_trips
-                else {}
-            ),
-            **(
-                {"rhat_max_in_z": float(in_z["rhat"].max()), "ess_min_in_z": float(in_z["ess"].min())}
-                if len(in_z)
-                else {}
-            ),
-        }
-    )
+    diagnostics = {
+        "acceptance_mean": float(np.mean(meta["acceptance"])),
+        "swap_acceptance_min": float(np.min(meta["swap_acceptance"], initial=1.0)),
+        "wham_iterations": meta["wham_iterations"],
+        **(
+            {"round_trips_min": min(round_trips), "round_trips_mean": float(np.mean(round_trips))}
+            if round_trips
+            else {}
+        ),
+        **({"rhat_max_in_z": float(in_z["rhat"].max()), "ess_min_in_z": float(in_z["ess"].min())} if len(in_z) else {}),
+    }
+    mlflow.log_metrics(diagnostics)
     tracking.log_table(table, "tables/diagnostics.json")
     warnings = meta.get("warnings") or []
     for text in warnings:
@@ -105,6 +122,7 @@ def _log_tempering(od: OutputDistribution):
         mlflow.log_metrics({"acceptance": float(a), "temperature": float(t)}, step=k)
     for k, a in enumerate(meta["swap_acceptance"]):
         mlflow.log_metric("swap_acceptance", float(a), step=k)
+    return diagnostics
 
 
 def ess_table(od: OutputDistribution) -> pd.DataFrame:
@@ -126,17 +144,16 @@ def ess_table(od: OutputDistribution) -> pd.DataFrame:
     )
 
 
-def _log_ancestral(od: OutputDistribution):
+def _log_ancestral(od: OutputDistribution) -> dict:
     table = ess_table(od)
     reached = table[table["in_z"] & (table["n_samples"] > 0)]
-    mlflow.log_metrics(
-        {
-            "ess_in_z": od.meta["ess_in_z"],
-            "ess_min_in_z": float(reached["ess"].min()) if len(reached) else 0.0,
-            "n_distinct": od.meta["n_distinct"],
-        }
-    )
+    diagnostics = {
+        "ess_in_z": od.meta["ess_in_z"],
+        "ess_min_in_z": float(reached["ess"].min()) if len(reached) else 0.0,
+    }
+    mlflow.log_metrics({**diagnostics, "n_distinct": od.meta["n_distinct"]})
     tracking.log_table(table, "tables/ess_per_bin.json")
+    return diagnostics
 
 
 def execute(cfg, dist: Dist, loaded: LoadedModel, resume_run: str | None = None) -> str:
