@@ -7,9 +7,11 @@ now (the point estimate plus `--replicates` resampled solves; a preset runs `unc
 costing about the printed time per replicate).
 
 Records are synthetic but shaped like each preset's run (ladders × temperatures × recorded steps, its L, Z and bin
-width): z of replica k is normal, N(E0 + C·T_k, C·T_k²) (a density of states of constant heat capacity), all
-distinct, so the occupied sub-bins are an upper bound for a real run, whose chains revisit inputs. Peak memory is
-traced by tracemalloc (numpy's arrays).
+width): z of replica k is E0 + Gamma(C, T_k), the exact law at temperature T_k of a density of states
+g(z) ∝ (z − E0)^(C−1) (constant heat capacity C: mean E0 + C·T, variance C·T²), all inputs distinct, so the occupied
+sub-bins are an upper bound for a real run, whose chains revisit inputs. Peak memory is traced by tracemalloc (numpy's
+arrays). The default times 3 replicates per preset (a preset runs `uncertainty.n_replicates`, 200), so that the whole
+benchmark takes about a minute; `--replicates` sets more.
 
     python benchmarks/wham_memory.py                    # gpt2-25, gpt2-100, llama-25; 3 replicates each
     python benchmarks/wham_memory.py --presets llama-25 --replicates 20
@@ -37,12 +39,13 @@ def synthetic_run(cfg, seed: int = 0) -> TemperingResult:
     k, c, per_chain = len(temps), settings.ladders, settings.n_records_per_chain
     lo, hi = (float(v) for v in cfg.z_range)
     rng = np.random.default_rng(seed)
-    # a density of states of constant heat capacity C: at temperature T, z ~ N(E0 + C·T, C·T²), so neighbouring
-    # replicas overlap as a ladder whose swaps are accepted does; the coldest sits below Z, the hottest above it
+    # a density of states of constant heat capacity C, g(z) ∝ (z − E0)^(C−1): at temperature T, z − E0 ~ Gamma(C, T),
+    # so neighbouring replicas overlap as in a ladder whose swaps are accepted; the coldest sits below Z, the hottest
+    # above it
     e0 = lo - 0.5
     heat = (hi + 1.0 - e0) / temps[-1]
     replica = np.repeat(np.arange(k), c * per_chain)
-    z = e0 + heat * temps[replica] + rng.normal(0.0, 1.0, len(replica)) * np.sqrt(heat) * temps[replica]
+    z = e0 + rng.gamma(heat, temps[replica])
     n = len(z)
     return TemperingResult(
         ids=rng.integers(0, 50_000, (n, int(cfg.space.length)), dtype=np.int32),
@@ -110,8 +113,8 @@ def main(argv=None):
             f"{r['replicate_s']:>12.1f} s" + (f"  ({r['failure']})" if r["failure"] else "")
         )
     print(
-        f"peak: tracemalloc over the point solve and {args.replicates} replicates (records included); dense grid: "
-        "the [temperatures × sub-bins] float64 array the solver no longer builds"
+        f"peak: tracemalloc over the point solve and {args.replicates} replicates (not the records, made before); "
+        "dense grid: the [temperatures × sub-bins] float64 array the solver no longer builds"
     )
 
 
