@@ -16,7 +16,8 @@ Times: the fingerprint of each version; the screening of a 201st version (a rela
 fingerprint + reading 200 stored fingerprints + ranking + the full check of the shortlist, against a full scan = the
 full check of every registered version. A full check's cost per pair (cross_eval both ways + the combined verdict;
 the registered version's sample_outdist is reused from its own screening) and the new version's sample_outdist (paid
-by both) are measured in the same run on three pairs, with the calibration benchmark's sampler settings.
+by both) are measured in the same run on three pairs, with the calibration benchmark's sampler settings and Z from
+the parent's suggested z_range (`modeldiff z-quantiles`).
 
     nice -n 10 python benchmarks/screening_scale.py     # ~3-5 min on 2 shared cores
 """
@@ -40,8 +41,7 @@ from modeldiff.models import LoadedModel, decode_digits
 from modeldiff.models.derive import add_weight_noise
 
 OVERRIDES = (  # the calibration benchmark's sampler settings (benchmarks/plagiarism_calibration.py)
-    "z_range=[1.3,1.45] sampler.ladders=8 sampler.steps=400 sampler.burn_in=100 uncertainty.n_replicates=40 "
-    "cross_eval.n_draws=2000"
+    "sampler.ladders=8 sampler.steps=400 sampler.burn_in=100 uncertainty.n_replicates=40 cross_eval.n_draws=2000"
 )
 VOCABULARY = "ids:screening-scale"
 KINDS = (
@@ -71,17 +71,19 @@ def derive(parent, kind: str, task: ToyTask, seed: int):
         return relabelled(parent, float(kind.split()[-1]), (RESIDUAL, UNITS, HEADS), seed)
     rule = task if "same task" in kind else replace(task, modulus=5)
     child = copy.deepcopy(parent)
-    train_toy_model(child, rule, steps=20, lr=1e-3, seed=seed, progress=False)
+    train_toy_model(child, rule, steps=20, batch_size=64, lr=1e-3, seed=seed, progress=False)
     return child.eval()
 
 
-def build_registry(task: ToyTask, steps: int, rng: np.random.Generator) -> list[tuple[str, torch.nn.Module, str, str]]:
+def build_registry(
+    task: ToyTask, steps: int, batch_size: int, rng: np.random.Generator
+) -> list[tuple[str, torch.nn.Module, str, str]]:
     """[(name, model, kind, true parent)] in registration order (a parent before its derived versions)."""
 
     def toy(seed: int, width: int = 32, train: bool = True):
         m = make_toy_model(task, n_embd=width, n_head=2, n_layer=2, seed=seed)
         if train:
-            train_toy_model(m, task, steps=steps, seed=seed, progress=False)
+            train_toy_model(m, task, steps=steps, batch_size=batch_size, seed=seed, progress=False)
         return m.eval()
 
     versions = []
@@ -110,6 +112,7 @@ def main():
     p.add_argument("--config", default="toy")
     p.add_argument("--overrides", default=OVERRIDES)
     p.add_argument("--steps", type=int, default=100, help="AdamW steps of parents and trained independents")
+    p.add_argument("--batch-size", type=int, default=64, help="their training batch size")
     p.add_argument("--probes", type=int, default=None, help="probe inputs (default: the config's screening.probes)")
     p.add_argument("--shortlist", type=int, default=None, help="default: the config's screening.shortlist")
     args = p.parse_args()
@@ -121,7 +124,7 @@ def main():
     rng = np.random.default_rng(0)
 
     t0 = time.perf_counter()
-    registry = build_registry(task, args.steps, rng)
+    registry = build_registry(task, args.steps, args.batch_size, rng)
     print(f"registry: {len(registry)} versions built in {time.perf_counter() - t0:.0f} s", flush=True)
 
     times, stored = [], {}
@@ -192,6 +195,8 @@ def main():
         return LoadedModel(model.eval(), None, f"bench:{name}", task.space, name, decode_digits)
 
     new = loaded("new", new_model)
+    z_range = pipeline.z_quantiles(cfg, loaded("parent3", parent3))["suggested_z_range"]
+    cfg = load_config(args.config, f"{args.overrides} z_range=[{z_range[0]},{z_range[1]}]")
     t0 = time.perf_counter()
     new_od = pipeline.sample_outdist(cfg, new)
     t_new_outdist = time.perf_counter() - t0
