@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from modeldiff import pipeline
-from modeldiff.analysis.plagiarism import Thresholds, black_box, black_box_verdict, screening_verdict
+from modeldiff.analysis.plagiarism import Thresholds, black_box, decide, screening_verdict
 from modeldiff.config import load_config
 from modeldiff.method.toy import ToyTask, make_toy_model, train_toy_model
 from modeldiff.models import LoadedModel, decode_digits
@@ -115,12 +115,13 @@ def main():
         flush=True,
     )
 
-    def pair(a: str, b: str) -> dict:
+    def pair(a: str, b: str, order: str | None = "registration_order") -> dict:
+        """Screening knows that b was registered after a (order); the swapped checks measure direction evidence."""
         ab = pipeline.cross_eval(cfg, outdists[a], loaded[a], loaded[b], "A")
         ba = pipeline.cross_eval(cfg, outdists[b], loaded[b], loaded[a], "B")
-        verdict, rep = pipeline.plagiarism(cfg, loaded[a], loaded[b], ab, ba)
-        bb_only = black_box_verdict(black_box(ab, ba, thresholds), thresholds)
-        wb_only, _ = pipeline.plagiarism(white_box_cfg, loaded[a], loaded[b], None, None)
+        verdict, rep = pipeline.plagiarism(cfg, loaded[a], loaded[b], ab, ba, order)
+        bb_only = decide(black_box(ab, ba, thresholds), None, thresholds, "black_box", order)
+        wb_only, _ = pipeline.plagiarism(white_box_cfg, loaded[a], loaded[b], None, None, order)
         rep["black_box_only"] = {"verdict": bb_only.verdict, "copy": bb_only.copy}
         rep["white_box_only"] = {"verdict": wb_only.verdict, "copy": wb_only.copy}
         return rep
@@ -131,7 +132,7 @@ def main():
     for i, name in enumerate(family):
         registry = base[:i] if name in base else base  # the models registered before it
         pairs[name] = {c: pair(c, name) for c in registry}
-    swapped = {n: pair(n, "parent") for n, (_, kind, _) in family.items() if kind == "copy"}
+    swapped = {n: pair(n, "parent", None) for n, (_, kind, _) in family.items() if kind == "copy"}
     t_pairs = time.perf_counter() - t0
 
     def screen(results: dict, only: str | None) -> tuple[str, str]:
@@ -214,10 +215,10 @@ def main():
         )
     right = {n: r["copy"] == "A" for n, r in swapped.items() if r["verdict"] == "suspected_copy_of"}
     evidence = {n: r["direction_evidence"] for n, r in swapped.items()}
-    visible = [n for n, e in evidence.items() if e != "argument_order"]
+    visible = [n for n, e in evidence.items() if e != "unknown"]
     print(
         f"swapped arguments (copy as model A): {sum(right.values())}/{len(swapped)} copies named as the copy; "
-        f"direction visible without argument order for {len(visible)}/{len(swapped)} "
+        f"direction shown by evidence for {len(visible)}/{len(swapped)} "
         f"({', '.join(f'{n}: {evidence[n]}' for n in visible) or 'none'})"
     )
     print(

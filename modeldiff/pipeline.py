@@ -178,11 +178,17 @@ def normalize(
 
 
 def plagiarism(
-    cfg, a: LoadedModel, b: LoadedModel, ab: pd.DataFrame | None, ba: pd.DataFrame | None
+    cfg,
+    a: LoadedModel,
+    b: LoadedModel,
+    ab: pd.DataFrame | None,
+    ba: pd.DataFrame | None,
+    order: str | None = None,
 ) -> tuple[Verdict, dict]:
     """The verdict on the pair (is B a copy of A, or A of B?) with the evidence `plagiarism.mode` allows: both sides'
     cross_eval draws (black_box; `ab`, `ba` may be None in white_box mode), the weights when the architectures match
-    (white_box), or both (combined); returns it with the body of plagiarism.json."""
+    (white_box), or both (combined); returns it with the body of plagiarism.json. `order`: the name of evidence that
+    B came after A (screening: registration_order), used for the direction only when nothing else shows it."""
     thresholds, pc = Thresholds.from_config(cfg), cfg.plagiarism
     bb = black_box(ab, ba, thresholds) if pc.mode != "white_box" else None
     wb = None
@@ -190,7 +196,7 @@ def plagiarism(
         wb = weight_relatedness(
             a.model, b.model, permutations=int(pc.permutations), simulations=int(pc.simulations), seed=int(cfg.seed)
         )
-    verdict = decide(bb, wb, thresholds, pc.mode)
+    verdict = decide(bb, wb, thresholds, pc.mode, order)
     return verdict, report(bb, wb, verdict, thresholds)
 
 

@@ -1,17 +1,25 @@
 """The plagiarism signature of Model-diff (paper Sec. 4.3) as statistics and a verdict.
 
-Black box. On a model's *own* representative inputs (its cross_eval draws), an independently trained
-model is usually worse: each model wins on the inputs it finds likely. A weight-noise copy B of a trained
-A breaks this: A has the lower NLL on most of B's own inputs. So, per side,
-    q_B = fraction of B's draws with D < 0 (A, the other model, wins on B's inputs),
-    q_A = fraction of A's draws with D > 0 (B wins on A's inputs),
-with a Wilson interval whose sample size is the number of *effective* distinct inputs (all draws of one
-input share their sign). A side is "dominated" when the lower bound of its q exceeds a calibrated
-threshold; the other model is then the suspected parent. A strictly better model can dominate too, so the
-threshold is set above every unrelated pair of the calibration suite. Second, how close the two functions
-are: the 95th percentile of |D| over both sides' draws. Below a calibrated threshold the models are near
-copies of each other (the paper's Fig. 4: "the area of overlap is larger because the two models are more
-similar"); an exact or permuted copy has |D| at float noise.
+Black box: two regimes of a noise copy, two statistics (each with an interval whose sample size is the number of
+effectively distinct inputs, not draws: all draws of one input share its D).
+- Near identity (small σ). Each model wins on its own representative inputs by selection (its likely inputs are where
+  its own noise helped), exactly as independent models do, so that pattern is no evidence of independence. The
+  evidence is that the two functions nearly coincide: the median over inputs of |D| relative to the pair's own scale,
+  the spread (standard deviation) of each side's own z over its representatives, pooled over both sides. Its interval
+  comes from the binomial distribution of the ranks (order statistics) at the inputs' effective sample size.
+  Near-identical when the upper bound is at most `near_identical`.
+- Dominance (large σ, the paper's Fig. 4). Once the parent's optimum outweighs the selection, the parent has the lower
+  NLL on most of the copy's own inputs. Per side,
+      q_B = fraction of B's draws with D < 0 (A, the other model, wins on B's inputs),
+      q_A = fraction of A's draws with D > 0 (B wins on A's inputs),
+  with a Wilson interval at the effective number of inputs. A side is "dominated" when the lower bound of its q exceeds
+  `dominated` (set above every unrelated pair of the calibration, since a strictly better model dominates too).
+- Independent (black box) only when the functions differ by more than the copy regimes allow: the lower bound of the
+  relative median |D| above `distinct` and neither side dominated. Otherwise the black box abstains.
+- Direction, with its own evidence: the dominated side is the copy; else the balance of D over both sides' inputs,
+  mean_A(D) + mean_B(D) with D = z_A − z_B: selection pushes the two means in opposite directions by about the same
+  amount, while the parent, at the optimum its copy was pushed away from, has the lower NLL on both sides, so the sum
+  has the sign of the copy's extra NLL. Decisive when |sum| / its standard error exceeds `balance_z`; else unknown.
 
 White box (modeldiff.analysis.relatedness), when both have the same architecture: are the weights related at all
 (p-values against independent training, whose nulls permute only the network's true symmetries), is their
@@ -23,12 +31,14 @@ user has for a model whose weights are not at hand); `white_box` only the weight
     related + (noise-like difference, or near-identical function) -> suspected_copy_of
     related + structured difference                               -> related (e.g. a fine-tune)
     not related -> independent (combined: inconclusive if the black box says copy)
-    no white box (black_box mode, or weights that cannot be compared): dominated or same function ->
-        suspected_copy_of; each model wins on its own inputs -> independent; otherwise inconclusive
+    no white box (black_box mode, or weights that cannot be compared): dominated or near-identical ->
+        suspected_copy_of; functions farther apart than the copy regimes allow -> independent; otherwise inconclusive
     white_box mode with weights that cannot be compared -> inconclusive, with the reason
-Which one is the copy: the black box's dominated side if decisive; else, for a noise-like difference, the
-weight-energy direction if decisive; else the argument order (model B is the candidate copy of model A, as when
-screening a new registry version against the registered ones), and `direction_evidence` says which it was.
+Which one is the copy: the black box's dominated side if decisive (`black_box_dominance`); else the black-box balance
+if decisive (`black_box_balance`); else, for a noise-like difference, the weight-energy direction if decisive
+(`weight_energy`); else the order given by the caller if it is evidence (`registration_order`: screening compares a
+new registry version, model B, with versions registered before it); else `unknown` (copy and parent None). The order of
+the arguments of a pair check is never taken as evidence.
 """
 
 from __future__ import annotations
@@ -52,11 +62,13 @@ class Thresholds:
     benchmarks/plagiarism_calibration.py (tests check that the two agree)."""
 
     dominated: float = 0.95  # lower confidence bound of q above this: that side is dominated by the other model
-    own_wins: float = 0.5  # upper bound of q below this on both sides: each model wins on its own inputs
+    own_wins: float = 0.5  # upper bound of q below this on both sides: each model wins on its own inputs (reported)
+    near_identical: float = 0.25  # upper bound of the median |D| / the pair's z spread at most this: near copies
+    distinct: float = 2.0  # lower bound of that median above this: farther apart than any copy (black-box independent)
+    balance_z: float = 3.0  # |mean_A(D) + mean_B(D)| / its standard error above this: it names the copy
     weight_alpha: float = 1e-6  # white-box independence p-value below this: the weights are related
     noise_alpha: float = 1e-3  # δ-structure p-value below this: the difference is not i.i.d. noise
     direction_z: float = 4.0  # |weight-energy z| above this: it tells which model is the noisy copy
-    near_identical: float = 0.03  # 95th percentile of |D| at most this: the two models are near copies
     identical_tolerance: float = 1e-6  # |D| at most this: a tie, counted for neither side of q
     confidence: float = 0.95  # two-sided level of the intervals on q
 
@@ -125,32 +137,125 @@ def side_statistic(draws: pd.DataFrame, side: str, thresholds: Thresholds = Thre
     )
 
 
+def _per_input(draws: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(value, number of draws) per distinct input of one side (draws of one input share their z and D)."""
+    reps = draws["representative"].to_numpy() if "representative" in draws else np.arange(len(draws))
+    _, first, counts = np.unique(reps, return_index=True, return_counts=True)
+    return draws[column].to_numpy(np.float64)[first], counts.astype(np.float64)
+
+
+def _weighted_moments(x: np.ndarray, w: np.ndarray) -> tuple[float, float, float]:
+    """(mean, variance, Kish effective sample size) of values x with weights w."""
+    mean = float(np.average(x, weights=w))
+    return mean, float(np.average((x - mean) ** 2, weights=w)), float(w.sum() ** 2 / (w**2).sum())
+
+
+def weighted_quantile_interval(
+    x: np.ndarray, w: np.ndarray, p: float, n: float, confidence: float = 0.95
+) -> tuple[float, tuple[float, float]]:
+    """The p-quantile of values x with weights w and its distribution-free interval: the quantiles at the ends of the
+    Wilson interval of the rank share p at sample size n (order statistics: the share of a sample below the true
+    p-quantile is binomial(n, p)/n)."""
+    order = np.argsort(x)
+    xs, cdf = x[order], np.cumsum(w[order]) / w.sum()
+
+    def at(share: float) -> float:
+        return float(xs[min(np.searchsorted(cdf, share, side="left"), len(xs) - 1)])
+
+    lo, hi = wilson(p * n, n, confidence)
+    return at(p), (at(lo) if lo > 0 else float(xs[0]), at(hi) if hi < 1 else float(xs[-1]))
+
+
 @dataclass
 class BlackBox:
     a: SideStatistic
     b: SideStatistic
-    abs_D_q95: float  # over both sides' draws
-    near_identical: bool  # abs_D_q95 <= near_identical
+    abs_D_q95: float  # over both sides' draws (nats; reported, the verdict uses the relative median below)
+    near_identical: bool  # upper bound of relative_D <= near_identical
     dominated: str | None  # "A" or "B": the side on whose own inputs the other model wins; None if neither
-    own_wins: bool  # each model wins on its own inputs (both upper bounds below own_wins)
+    own_wins: bool  # each model wins on its own inputs (both upper bounds below own_wins): reported, not a verdict
+    scale: float = 1.0  # the pair's own scale: pooled standard deviation of each side's own z over its inputs
+    relative_D: float = 0.0  # median over both sides' inputs of |D| / scale
+    relative_D_interval: tuple[float, float] = (0.0, 0.0)
+    n_effective: float = 0.0  # effectively distinct inputs of both sides (the intervals' sample size)
+    distinct: bool = False  # lower bound of relative_D > distinct: farther apart than the copy regimes allow
+    balance: float = 0.0  # mean_A(D) + mean_B(D): < 0 when A has the lower NLL on both sides' inputs (B the copy)
+    balance_se: float = math.inf
+    balance_copy: str | None = None  # the copy by the balance, when |balance| / balance_se > balance_z
+
+    @property
+    def copy_signal(self) -> bool:
+        return self.near_identical or self.dominated is not None
+
+    @property
+    def balance_z(self) -> float:
+        return self.balance / self.balance_se if self.balance_se > 0 else 0.0
 
 
 def black_box(ab: pd.DataFrame, ba: pd.DataFrame, thresholds: Thresholds = Thresholds()) -> BlackBox:
+    """Both regimes' statistics from the two sides' cross_eval draws (columns D, z_A, z_B, representative)."""
+    for side, draws in (("A", ab), ("B", ba)):
+        missing = {"D", "z_A", "z_B"} - set(draws.columns)
+        if missing:
+            raise ValueError(
+                f"the {side} side's draws lack {', '.join(sorted(missing))}: pass cross_eval's draws.parquet as logged"
+            )
     a, b = side_statistic(ab, "A", thresholds), side_statistic(ba, "B", thresholds)
     q95 = float(np.quantile(np.abs(np.concatenate([ab["D"].to_numpy(np.float64), ba["D"].to_numpy(np.float64)])), 0.95))
     candidates = [s for s in (a, b) if s.interval[0] > thresholds.dominated]
     # if both sides look dominated, the one with the stronger evidence is the copy
     dominated = max(candidates, key=lambda s: s.interval[0]).side if candidates else None
     own_wins = a.interval[1] < thresholds.own_wins and b.interval[1] < thresholds.own_wins
-    return BlackBox(a, b, q95, q95 <= thresholds.near_identical, dominated, own_wins)
+
+    # near identity: |D| against the spread of each side's own z over its representatives
+    (za, wa), (zb, wb) = _per_input(ab, "z_A"), _per_input(ba, "z_B")
+    scale = math.sqrt((_weighted_moments(za, wa)[1] + _weighted_moments(zb, wb)[1]) / 2)
+    if not scale > thresholds.identical_tolerance:
+        raise ValueError(
+            "the representatives' own NLLs have no spread (z is the same on every input): widen z_range so the "
+            "distance between the two models can be judged against it"
+        )
+    (da, _), (db, _) = _per_input(ab, "D"), _per_input(ba, "D")
+    rel = np.abs(np.concatenate([da, db])) / scale
+    w = np.concatenate([wa, wb])
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    rel_median, rel_interval = weighted_quantile_interval(rel, w, 0.5, n_eff, thresholds.confidence)
+
+    # direction: the balance of D over both sides (selection cancels, the parent's optimum does not)
+    mean_a, var_a, ess_a = _weighted_moments(da, wa)
+    mean_b, var_b, ess_b = _weighted_moments(db, wb)
+    balance = mean_a + mean_b
+    se = math.sqrt(var_a / ess_a + var_b / ess_b)
+    balance_copy = None
+    if (se > 0 and abs(balance) / se > thresholds.balance_z) or (
+        se == 0 and abs(balance) > thresholds.identical_tolerance
+    ):
+        balance_copy = "B" if balance < 0 else "A"
+    return BlackBox(
+        a,
+        b,
+        q95,
+        rel_interval[1] <= thresholds.near_identical,
+        dominated,
+        own_wins,
+        scale=scale,
+        relative_D=rel_median,
+        relative_D_interval=rel_interval,
+        n_effective=n_eff,
+        distinct=rel_interval[0] > thresholds.distinct,
+        balance=balance,
+        balance_se=se,
+        balance_copy=balance_copy,
+    )
 
 
 @dataclass
 class Verdict:
     verdict: str  # suspected_copy_of, related, independent or inconclusive
-    copy: str | None  # "A" or "B": the suspected copy (for suspected_copy_of), None otherwise
+    copy: str | None  # "A" or "B": the suspected copy (for suspected_copy_of with a known direction), None otherwise
     parent: str | None  # the other one
-    direction_evidence: str | None  # black_box, weight_energy or argument_order (for suspected_copy_of)
+    # for suspected_copy_of: black_box_dominance, black_box_balance, weight_energy, registration_order or unknown
+    direction_evidence: str | None
     reason: str
     signals: dict = field(default_factory=dict)
     mode: str = "combined"  # the evidence it used: combined, black_box or white_box
@@ -160,11 +265,16 @@ def _noise_like(wb: Relatedness, thresholds: Thresholds) -> bool:
     return wb.identical_weights or wb.structure_p_value >= thresholds.noise_alpha
 
 
-def _direction(bb: BlackBox | None, wb: Relatedness | None, thresholds: Thresholds) -> tuple[str, str]:
-    """(the copy's side, the evidence for it). Weight energy names the copy only when the difference is noise-like:
-    otherwise it shows which model has more weight energy, not which was copied."""
+def _direction(
+    bb: BlackBox | None, wb: Relatedness | None, thresholds: Thresholds, order: str | None = None
+) -> tuple[str | None, str]:
+    """(the copy's side or None, the evidence for it). Weight energy names the copy only when the difference is
+    noise-like: otherwise it shows which model has more weight energy, not which was copied. `order`: the name of the
+    evidence that B came later (registration_order), or None: argument order alone is no evidence."""
     if bb is not None and bb.dominated:
-        return bb.dominated, "black_box"
+        return bb.dominated, "black_box_dominance"
+    if bb is not None and bb.balance_copy:
+        return bb.balance_copy, "black_box_balance"
     if (
         wb is not None
         and wb.applicable
@@ -172,27 +282,32 @@ def _direction(bb: BlackBox | None, wb: Relatedness | None, thresholds: Threshol
         and abs(wb.direction_z) > thresholds.direction_z
     ):
         return ("B" if wb.direction_z > 0 else "A"), "weight_energy"
-    return "B", "argument_order"
+    if order:
+        return "B", order
+    return None, "unknown"
 
 
 def _black_box_text(bb: BlackBox, thresholds: Thresholds) -> str:
-    if bb.near_identical and not bb.dominated:
-        return (
-            f"the two models are near copies: |D| <= {bb.abs_D_q95:.3g} on 95% of draws "
-            f"(<= {thresholds.near_identical:g})"
-        )
+    lo, hi = bb.relative_D_interval
+    closeness = (
+        f"median |D| = {bb.relative_D:.3g} × the pair's z spread {bb.scale:.3g} "
+        f"({thresholds.confidence:.0%} interval {lo:.3g}–{hi:.3g}, {bb.n_effective:.0f} effective inputs)"
+    )
     if bb.dominated:
         s = bb.a if bb.dominated == "A" else bb.b
         other = "B" if bb.dominated == "A" else "A"
         return (
             f"on {bb.dominated}'s own inputs {other} has the lower NLL on {s.other_wins:.1%} of draws "
-            f"({thresholds.confidence:.0%} lower bound {s.interval[0]:.1%} > {thresholds.dominated:.0%})"
+            f"({thresholds.confidence:.0%} lower bound {s.interval[0]:.1%} > {thresholds.dominated:.0%}); {closeness}"
         )
-    if bb.own_wins:
-        return "each model wins on its own inputs"
+    if bb.near_identical:
+        return f"the two functions nearly coincide: {closeness} (<= {thresholds.near_identical:g})"
+    if bb.distinct:
+        return f"the two functions differ more than a copy's would: {closeness} (> {thresholds.distinct:g})"
     return (
-        f"the black-box asymmetry is not decisive (other model wins on A's inputs {bb.a.other_wins:.1%}, "
-        f"on B's {bb.b.other_wins:.1%})"
+        f"the black box is not decisive: {closeness}, neither <= {thresholds.near_identical:g} (near copies) nor "
+        f"> {thresholds.distinct:g} (farther apart than copies); the other model wins on A's inputs "
+        f"{bb.a.other_wins:.1%}, on B's {bb.b.other_wins:.1%}"
     )
 
 
@@ -218,11 +333,16 @@ def _white_box_text(wb: Relatedness, related: bool, noise_like: bool, thresholds
 
 
 def decide(
-    bb: BlackBox | None, wb: Relatedness | None, thresholds: Thresholds = Thresholds(), mode: str = "combined"
+    bb: BlackBox | None,
+    wb: Relatedness | None,
+    thresholds: Thresholds = Thresholds(),
+    mode: str = "combined",
+    order: str | None = None,
 ) -> Verdict:
-    """The verdict from the evidence `mode` allows: the black-box asymmetry (needs `bb`), the white-box tests (None
+    """The verdict from the evidence `mode` allows: the black-box statistics (needs `bb`), the white-box tests (None
     or not applicable: in combined mode the black box decides alone, in white_box mode the verdict is
-    inconclusive), or both."""
+    inconclusive), or both. `order`: the name of independent evidence that B came after A (screening passes
+    `registration_order`), the last resort for the direction; without it an undecided direction is `unknown`."""
     if mode not in PLAGIARISM_MODES:
         raise ValueError(f"plagiarism mode must be one of {', '.join(PLAGIARISM_MODES)}, got {mode!r}")
     if mode != "white_box" and bb is None:
@@ -233,14 +353,16 @@ def decide(
     signals = {}
     if bb is not None:
         bb_text = _black_box_text(bb, thresholds)
-        bb_copy = bb.near_identical or bb.dominated is not None
-        signals["black_box"] = "copy" if bb_copy else ("independent" if bb.own_wins else "undecided")
+        bb_copy = bb.copy_signal
+        signals["black_box"] = "copy" if bb_copy else ("independent" if bb.distinct else "undecided")
 
     def verdict(kind: str, reason: str) -> Verdict:
         if kind != "suspected_copy_of":
             return Verdict(kind, None, None, None, reason, signals, mode)
-        side, evidence = _direction(bb, wb, thresholds)
-        return Verdict(kind, side, other[side], evidence, reason, signals, mode)
+        side, evidence = _direction(bb, wb, thresholds, order)
+        if side is None:
+            reason = f"{reason}; which model is the copy is unknown (no evidence of direction)"
+        return Verdict(kind, side, other.get(side), evidence, reason, signals, mode)
 
     if wb is None or not wb.applicable:
         if mode == "black_box":
@@ -253,7 +375,7 @@ def decide(
             reason = f"{bb_text}; {why}"
         if bb_copy:
             return verdict("suspected_copy_of", reason)
-        return verdict("independent" if bb.own_wins else "inconclusive", reason)
+        return verdict("independent" if bb.distinct else "inconclusive", reason)
     related = wb.p_value < thresholds.weight_alpha
     noise_like = _noise_like(wb, thresholds)
     signals["white_box"] = "independent" if not related else "noise copy" if noise_like else "structured change"
@@ -300,6 +422,15 @@ def report(bb: BlackBox | None, wb: Relatedness | None, verdict: Verdict, thresh
             "near_identical": bb.near_identical,
             "dominated": bb.dominated,
             "own_wins": bb.own_wins,
+            "scale": bb.scale,
+            "relative_D": bb.relative_D,
+            "relative_D_interval": list(bb.relative_D_interval),
+            "n_effective": bb.n_effective,
+            "distinct": bb.distinct,
+            "balance": bb.balance,
+            "balance_se": bb.balance_se,
+            "balance_z": bb.balance_z,
+            "balance_copy": bb.balance_copy,
         }
     if wb is not None and verdict.mode != "black_box":
         out["white_box"] = {
@@ -322,6 +453,14 @@ def statistic(rep: dict) -> dict:
             q_B_interval=[round(v, 4) for v in bb["B"]["interval"]],
             abs_D_q95=float(f"{bb['abs_D_q95']:.3g}"),
         )
+        if "relative_D" in bb:
+            out.update(
+                relative_D=float(f"{bb['relative_D']:.3g}"),
+                relative_D_interval=[float(f"{v:.3g}") for v in bb["relative_D_interval"]],
+                balance_z=round(bb["balance_z"], 2),
+            )
+    if rep.get("direction_evidence"):
+        out["direction"] = rep["direction_evidence"]
     if wb.get("applicable"):
         out.update(
             weight_p=float(f"{wb['p_value']:.3g}"),
@@ -344,7 +483,8 @@ def screening_verdict(results: list[tuple[str, dict]], skipped=()) -> tuple[str,
     def strength(rep: dict) -> tuple:
         wb, bb = rep.get("white_box") or {}, rep.get("black_box")
         p = wb.get("p_value") if wb.get("applicable") else None
-        return (p if p is not None else 1.0, *((bb["abs_D_q95"], -bb["B"]["interval"][0]) if bb else (math.inf, 0.0)))
+        closeness = bb.get("relative_D_interval", [0, bb["abs_D_q95"]])[1] if bb else math.inf
+        return (p if p is not None else 1.0, closeness, -bb["B"]["interval"][0] if bb else 0.0)
 
     copies = [(c, r) for c, r in results if r["verdict"] == "suspected_copy_of" and r["copy"] == "B"]
     if copies:

@@ -261,6 +261,8 @@ class PlagiarismSection(Section):
     own_wins: float
     confidence: float
     near_identical: float
+    distinct: float
+    balance_z: float
     identical_tolerance: float
     weight_alpha: float
     noise_alpha: float
@@ -275,6 +277,8 @@ class PlagiarismSection(Section):
             ("own_wins", 0 < self.own_wins <= 1, "> 0 and <= 1"),
             ("confidence", 0 < self.confidence < 1, "> 0 and < 1"),
             ("near_identical", self.near_identical >= 0, ">= 0"),
+            ("distinct", self.distinct > self.near_identical, "> plagiarism.near_identical"),
+            ("balance_z", self.balance_z > 0, "> 0"),
             ("identical_tolerance", self.identical_tolerance >= 0, ">= 0"),
             ("weight_alpha", 0 < self.weight_alpha < 1, "> 0 and < 1"),
             ("noise_alpha", 0 < self.noise_alpha < 1, "> 0 and < 1"),

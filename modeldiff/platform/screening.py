@@ -148,7 +148,7 @@ def identical_report(parent_uri: str, uri: str) -> dict:
         "verdict": "suspected_copy_of",
         "copy": "B",
         "parent": "A",
-        "direction_evidence": "argument_order",
+        "direction_evidence": "registration_order",
         "reason": "registered with identical weights (same identity)",
         "black_box": {
             "A": {"other_wins": 0.5, "interval": [0.0, 1.0]},

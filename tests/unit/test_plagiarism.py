@@ -24,6 +24,7 @@ from modeldiff.analysis.plagiarism import (
     report,
     screening_verdict,
     side_statistic,
+    weighted_quantile_interval,
     wilson,
 )
 from modeldiff.analysis.relatedness import (
@@ -82,17 +83,101 @@ def test_side_statistic_counts_inputs_not_draws():
     assert b.other_wins == pytest.approx(2 / 3) and b.n_ties == 1 and b.n_effective == pytest.approx(3)
 
 
-def test_black_box_dominated_and_near_identical():
-    t = Thresholds(dominated=0.9, near_identical=0.03)
+def _draws(side: str, z_own: np.ndarray, d: np.ndarray, per_input: int = 1) -> pd.DataFrame:
+    """One side's cross_eval draws: each input (own z, D = z_A − z_B) drawn `per_input` times."""
+    z_other = z_own - d if side == "A" else z_own + d
+    z_a, z_b = (z_own, z_other) if side == "A" else (z_other, z_own)
+    rep = np.repeat(np.arange(len(d)), per_input)
+    return pd.DataFrame({"D": d[rep], "z_A": z_a[rep], "z_B": z_b[rep], "representative": rep})
+
+
+def _pair(rng, n, d_a, d_b, spread=0.04, per_input=1):
+    """Both sides with own z ~ N(1.4, spread²) and the given D samplers."""
+    return (
+        _draws("A", rng.normal(1.4, spread, n), d_a(n), per_input),
+        _draws("B", rng.normal(1.4, spread, n), d_b(n), per_input),
+    )
+
+
+def test_black_box_regimes_on_synthetic_pairs():
+    """Known answers: |D| ~ |N(0, τ²)| has median 0.6745·τ; selection ±s cancels in the balance, a parent offset c
+    shows as −2c; dominance when A wins on nearly all of B's inputs."""
     rng = np.random.default_rng(0)
-    n = 400
-    own = pd.DataFrame({"D": -np.abs(rng.normal(0.2, 0.05, n)), "representative": np.arange(n)})  # A wins on A's
-    beaten = pd.DataFrame({"D": -np.abs(rng.normal(0.2, 0.05, n)), "representative": np.arange(n)})  # A wins on B's
-    bb = black_box(own, beaten, t)
-    assert bb.dominated == "B" and bb.b.interval[0] > 0.9 and not bb.near_identical
-    close = pd.DataFrame({"D": rng.normal(0, 0.005, n), "representative": np.arange(n)})
-    bb = black_box(close, close, t)
-    assert bb.near_identical and bb.dominated is None and bb.abs_D_q95 < 0.02
+    t = Thresholds()
+    n, spread = 400, 0.04
+    # near identity (small σ): each wins on its own inputs by selection, |D| tiny against the z spread
+    sel = 0.002
+    ab, ba = _pair(rng, n, lambda k: rng.normal(-sel, 0.002, k), lambda k: rng.normal(sel, 0.002, k), spread)
+    bb = black_box(ab, ba, t)
+    assert bb.scale == pytest.approx(spread, rel=0.1)
+    truth = np.median(np.abs(rng.normal(sel, 0.002, 200_000))) / spread
+    assert bb.relative_D_interval[0] <= truth * 1.1 and bb.relative_D_interval[1] >= truth * 0.9
+    assert bb.near_identical and not bb.distinct and bb.dominated is None and bb.own_wins
+    assert bb.balance_copy is None and abs(bb.balance_z) < 3  # selection alone: the direction is unknown
+    v = decide(bb, None, t, "black_box")
+    assert (v.verdict, v.copy, v.direction_evidence) == ("suspected_copy_of", None, "unknown")
+    # the same plus the parent's optimum: B's NLL higher by c on both sides' inputs
+    c = 0.002
+    ab, ba = _pair(rng, n, lambda k: rng.normal(-sel - c, 0.002, k), lambda k: rng.normal(sel - c, 0.002, k), spread)
+    bb = black_box(ab, ba, t)
+    assert bb.balance == pytest.approx(-2 * c, abs=4 * bb.balance_se) and bb.balance_copy == "B"
+    assert decide(bb, None, t, "black_box").direction_evidence == "black_box_balance"
+    # dominance (large σ): A has the lower NLL on B's inputs too, and the functions are far apart
+    ab, ba = _pair(rng, n, lambda k: rng.normal(-0.1, 0.02, k), lambda k: -np.abs(rng.normal(0.2, 0.05, k)), spread)
+    bb = black_box(ab, ba, t)
+    assert bb.dominated == "B" and bb.b.interval[0] > 0.95 and not bb.near_identical
+    v = decide(bb, None, t, "black_box")
+    assert (v.verdict, v.copy, v.parent, v.direction_evidence) == ("suspected_copy_of", "B", "A", "black_box_dominance")
+    # independent: each wins on its own inputs and |D| is many z spreads
+    ab, ba = _pair(rng, n, lambda k: rng.normal(-0.3, 0.2, k), lambda k: rng.normal(0.3, 0.2, k), spread)
+    bb = black_box(ab, ba, t)
+    assert bb.distinct and not bb.near_identical and bb.dominated is None
+    assert decide(bb, None, t, "black_box").verdict == "independent"
+    # in between (as a σ = 1e-1 toy copy): neither near nor farther than copies -> the black box abstains
+    ab, ba = _pair(rng, n, lambda k: rng.normal(-0.02, 0.03, k), lambda k: rng.normal(0.02, 0.03, k), spread)
+    bb = black_box(ab, ba, t)
+    assert not (bb.near_identical or bb.distinct or bb.dominated)
+    assert decide(bb, None, t, "black_box").verdict == "inconclusive"
+
+
+def test_black_box_intervals_count_inputs_not_draws():
+    """50 inputs per side drawn 20 times each carry the evidence of 100 inputs, not 2000 draws."""
+    rng = np.random.default_rng(1)
+    ab, ba = _pair(rng, 50, lambda k: rng.normal(0, 0.01, k), lambda k: rng.normal(0, 0.01, k), per_input=20)
+    bb = black_box(ab, ba)
+    assert bb.n_effective == pytest.approx(100) and bb.a.n_effective == pytest.approx(50)
+    once = black_box(
+        *(f.drop_duplicates("representative").reset_index(drop=True) for f in (ab, ba))
+    )  # the same inputs drawn once
+    assert once.relative_D_interval == pytest.approx(bb.relative_D_interval)
+    assert once.balance_se == pytest.approx(bb.balance_se)
+
+
+def test_relative_median_interval_covers_the_truth():
+    """By repetition against the exact median of |N(0, τ²)| / spread: the 95% order-statistic interval at the
+    effective sample size covers it in about 95% of 300 repetitions (binomial sd 1.3%: accept 0.91–0.99)."""
+    rng = np.random.default_rng(2)
+    tau, spread, hits, reps = 0.01, 0.04, 0, 300
+    truth = 0.6744897501960817 * tau / spread
+    for _ in range(reps):
+        ab, ba = _pair(rng, 60, lambda k: rng.normal(0, tau, k), lambda k: rng.normal(0, tau, k), spread)
+        d = np.concatenate([ab["D"], ba["D"]])
+        z = np.concatenate([ab["z_A"], ba["z_B"]])
+        rel = np.abs(d) / spread  # the true scale: coverage of the median alone
+        med, (lo, hi) = weighted_quantile_interval(rel, np.ones(len(rel)), 0.5, len(rel))
+        hits += lo <= truth <= hi
+        assert black_box(ab, ba).scale == pytest.approx(np.std(z[:60]) / 2 + np.std(z[60:]) / 2, rel=0.2)
+    assert 0.91 <= hits / reps <= 0.99, hits / reps
+
+
+def test_black_box_needs_nll_columns_and_a_spread():
+    rng = np.random.default_rng(3)
+    ab, ba = _pair(rng, 10, lambda k: rng.normal(0, 0.01, k), lambda k: rng.normal(0, 0.01, k))
+    with pytest.raises(ValueError, match="lack z_A"):
+        black_box(ab.drop(columns="z_A"), ba)
+    flat = ab.assign(z_A=1.4)
+    with pytest.raises(ValueError, match="widen z_range"):
+        black_box(flat, ba.assign(z_B=1.4))
 
 
 def test_independent_random_models_give_valid_p_values():
@@ -193,14 +278,23 @@ def _side(side, q, lo, hi):
     return SideStatistic(side, 100, 100, 100.0, 0, q, (lo, hi), 0.0, 0.1, 0.05)
 
 
-def _bb(dominated=None, near=False, own_wins=False):
+def _bb(dominated=None, near=False, distinct=False, balance=None):
+    rel = 0.01 if near else 5.0 if distinct else 1.0
     return BlackBox(
         _side("A", 0.3, 0.2, 0.4),
         _side("B", 0.97 if dominated else 0.4, 0.96 if dominated else 0.3, 0.99),
         0.001 if near else 0.2,
         near,
         dominated,
-        own_wins,
+        False,
+        scale=0.05,
+        relative_D=rel,
+        relative_D_interval=(rel * 0.8, rel * 1.2),
+        n_effective=200.0,
+        distinct=distinct,
+        balance={"A": 0.1, "B": -0.1, None: 0.0}[balance],
+        balance_se=0.01,
+        balance_copy=balance,
     )
 
 
@@ -224,42 +318,58 @@ def _wb(p=1e-30, structure=0.5, z=0.0, applicable=True):
 @pytest.mark.parametrize(
     "bb,wb,verdict,copy_side,evidence",
     [
-        (_bb(), _wb(), "suspected_copy_of", "B", "argument_order"),  # related, noise-like, no direction: B by order
+        # related, noise-like, no evidence of direction: unknown, not B by argument order
+        (_bb(), _wb(), "suspected_copy_of", None, "unknown"),
         (_bb(), _wb(z=-9.0), "suspected_copy_of", "A", "weight_energy"),  # A carries the noise energy
-        (_bb(dominated="B"), _wb(z=-9.0), "suspected_copy_of", "B", "black_box"),  # the black box goes first
+        (_bb(dominated="B"), _wb(z=-9.0), "suspected_copy_of", "B", "black_box_dominance"),  # the black box goes first
+        (_bb(balance="A"), _wb(z=9.0), "suspected_copy_of", "A", "black_box_balance"),
+        (_bb(dominated="B", balance="A"), _wb(), "suspected_copy_of", "B", "black_box_dominance"),
         (_bb(), _wb(structure=1e-9), "related", None, None),  # a fine-tune
-        (_bb(near=True), _wb(structure=1e-9), "suspected_copy_of", "B", "argument_order"),  # same function anyway
+        (_bb(near=True), _wb(structure=1e-9), "suspected_copy_of", None, "unknown"),  # same function anyway
         # a structured difference: weight energy shows which has more, not which was copied
-        (_bb(near=True), _wb(structure=1e-9, z=-9.0), "suspected_copy_of", "B", "argument_order"),
-        (_bb(own_wins=True), _wb(p=0.3), "independent", None, None),
+        (_bb(near=True), _wb(structure=1e-9, z=-9.0), "suspected_copy_of", None, "unknown"),
+        (_bb(distinct=True), _wb(p=0.3), "independent", None, None),
+        (_bb(), _wb(p=0.3), "independent", None, None),  # the weights decide when the black box abstains
         (_bb(dominated="B"), _wb(p=0.3), "inconclusive", None, None),  # black box says copy, weights disagree
-        (_bb(dominated="B"), _wb(applicable=False), "suspected_copy_of", "B", "black_box"),  # black box alone
-        (_bb(near=True), None, "suspected_copy_of", "B", "argument_order"),
-        (_bb(own_wins=True), _wb(applicable=False), "independent", None, None),
+        (_bb(near=True), _wb(p=0.3), "inconclusive", None, None),
+        (_bb(dominated="B"), _wb(applicable=False), "suspected_copy_of", "B", "black_box_dominance"),  # black box alone
+        (_bb(near=True), None, "suspected_copy_of", None, "unknown"),
+        (_bb(near=True, balance="B"), None, "suspected_copy_of", "B", "black_box_balance"),
+        (_bb(distinct=True), _wb(applicable=False), "independent", None, None),
         (_bb(), _wb(applicable=False), "inconclusive", None, None),
+        (_bb(dominated="A", distinct=True), None, "suspected_copy_of", "A", "black_box_dominance"),  # dominance first
     ],
 )
 def test_verdict_table(bb, wb, verdict, copy_side, evidence):
     v = decide(bb, wb, Thresholds())
     assert (v.verdict, v.copy, v.direction_evidence, v.mode) == (verdict, copy_side, evidence, "combined"), v.reason
     if verdict == "suspected_copy_of":
-        assert v.parent == {"A": "B", "B": "A"}[copy_side]
+        assert v.parent == {"A": "B", "B": "A", None: None}[copy_side]
+        assert ("unknown" in v.reason) == (copy_side is None)
+
+
+def test_registration_order_is_the_last_resort_for_direction():
+    """Screening knows which version came later; a pair check does not (argument order is no evidence)."""
+    v = decide(_bb(near=True), None, Thresholds(), "black_box", order="registration_order")
+    assert (v.copy, v.parent, v.direction_evidence) == ("B", "A", "registration_order")
+    v = decide(_bb(near=True, balance="A"), _wb(), Thresholds(), "combined", order="registration_order")
+    assert (v.copy, v.direction_evidence) == ("A", "black_box_balance")  # evidence beats order
 
 
 @pytest.mark.parametrize(
     "mode,bb,wb,verdict,copy_side,evidence",
     [
         # white_box: the weights alone; a black box, if given, is ignored
-        ("white_box", None, _wb(), "suspected_copy_of", "B", "argument_order"),
+        ("white_box", None, _wb(), "suspected_copy_of", None, "unknown"),
         ("white_box", _bb(dominated="A"), _wb(z=9.0), "suspected_copy_of", "B", "weight_energy"),
         ("white_box", None, _wb(structure=1e-9), "related", None, None),
         ("white_box", _bb(dominated="B"), _wb(p=0.3), "independent", None, None),
         ("white_box", _bb(dominated="B"), _wb(applicable=False), "inconclusive", None, None),  # no guess
         ("white_box", None, None, "inconclusive", None, None),
         # black_box: the scores alone; weights, if given, are ignored
-        ("black_box", _bb(dominated="B"), _wb(p=0.3), "suspected_copy_of", "B", "black_box"),
-        ("black_box", _bb(own_wins=True), _wb(p=1e-30), "independent", None, None),
-        ("black_box", _bb(near=True), _wb(z=-9.0), "suspected_copy_of", "B", "argument_order"),
+        ("black_box", _bb(dominated="B"), _wb(p=0.3), "suspected_copy_of", "B", "black_box_dominance"),
+        ("black_box", _bb(distinct=True), _wb(p=1e-30), "independent", None, None),
+        ("black_box", _bb(near=True), _wb(z=-9.0), "suspected_copy_of", None, "unknown"),
         ("black_box", _bb(), _wb(), "inconclusive", None, None),
     ],
 )
@@ -285,7 +395,9 @@ class WeightsNotAtHand(torch.nn.Module):
 def test_pipeline_modes_use_only_their_evidence():
     """black_box never reads the weights; white_box needs no draws; both say so in plagiarism.json."""
     rng = np.random.default_rng(0)
-    draws = pd.DataFrame({"D": -np.abs(rng.normal(0.2, 0.05, 300)), "representative": np.arange(300)})
+    z = rng.normal(1.4, 0.05, 300)
+    d = -np.abs(rng.normal(0.2, 0.05, 300))
+    draws = pd.DataFrame({"D": d, "z_A": z, "z_B": z - d, "representative": np.arange(300)})
     hidden = [LoadedModel(WeightsNotAtHand(), None, f"hidden:{s}", TASK.space, s) for s in "AB"]
     verdict, rep = pipeline.plagiarism(load_config("toy", "plagiarism.mode=black_box"), *hidden, draws, draws)
     assert (verdict.mode, rep["mode"], verdict.verdict, verdict.copy) == ("black_box",) * 2 + ("suspected_copy_of", "B")

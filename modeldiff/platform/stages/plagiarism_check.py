@@ -3,9 +3,10 @@
 Two ways to call it:
 - a pair, `--model_a A --model_b B`: the Model-diff chain for the pair (child runs, reusing finished identical ones),
   then the black-box asymmetry of both sides' draws and, for equal architectures, the white-box weight tests
-  (modeldiff.analysis.plagiarism); logs plagiarism.json. Model B is the candidate copy of model A unless the
-  evidence shows the reverse. If B is a registry version, its lineage tags are written too. `plagiarism.mode`
-  chooses the evidence: with `white_box` the chain is not run at all (the weights alone decide).
+  (modeldiff.analysis.plagiarism); logs plagiarism.json. The copy is named only from evidence (the black box's
+  dominance or balance, the weights' energy); otherwise its direction is `unknown`: argument order is no evidence.
+  If B is a registry version, its lineage tags are written too. `plagiarism.mode` chooses the evidence: with
+  `white_box` the chain is not run at all (the weights alone decide).
 - a registry version, `--version models:/name/N`: that version against the registered versions of the same
   vocabulary created before it, one pair each; the strongest finding becomes the version's lineage tags
   (DESIGN §4). The screening service runs this mode for every new version. Only a shortlist gets the full check:
@@ -30,9 +31,11 @@ from ..runtime import Dist
 from . import STAGE
 
 
-def check_pair(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -> tuple[dict, tuple | None]:
+def check_pair(
+    cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id, order: str | None = None
+) -> tuple[dict, tuple | None]:
     """The chain's steps for (a, b), then the verdict; returns the plagiarism.json body and the two sides' draws
-    (main process; no draws in white_box mode, which runs no chain), or ({}, None)."""
+    (main process; no draws in white_box mode, which runs no chain), or ({}, None). `order`: see pipeline.plagiarism."""
     white_box = cfg.plagiarism.mode == "white_box"
     runs = {} if white_box else run_steps(cfg, dist, a, b, experiment_id)
     if not dist.is_main:
@@ -40,7 +43,7 @@ def check_pair(cfg, dist: Dist, a: LoadedModel, b: LoadedModel, experiment_id) -
     draws = (
         None if white_box else (tracking.load_draws(runs["cross_eval_AB"]), tracking.load_draws(runs["cross_eval_BA"]))
     )
-    verdict, rep = pipeline.plagiarism(cfg, a, b, *(draws or (None, None)))
+    verdict, rep = pipeline.plagiarism(cfg, a, b, *(draws or (None, None)), order=order)
     names = {"A": a.ref, "B": b.ref}
     return {
         "model_a": a.ref,
@@ -218,7 +221,8 @@ def _compare(cfg, dist: Dist, other_uri: str, new: LoadedModel, run) -> dict:
     with dist.main_first():
         other = load_model(other_uri, cfg)
     check_comparable(other, new)
-    rep, _ = check_pair(cfg, dist, other, new, run.info.experiment_id if run else None)
+    # the counterpart was registered before the new version: that order is evidence of direction (the last resort)
+    rep, _ = check_pair(cfg, dist, other, new, run.info.experiment_id if run else None, order="registration_order")
     if run:
         mlflow.log_dict(rep, f"pairs/{safe_name(other_uri.removeprefix('models:/'))}.json")
     return rep
