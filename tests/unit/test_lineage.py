@@ -2,6 +2,7 @@
 initialised models of its vocabulary, whether its units and heads were relabelled or not, so the shortlist holds it."""
 
 import copy
+import hashlib
 
 import numpy as np
 import pytest
@@ -100,3 +101,18 @@ def test_fingerprints_round_trip_and_probes_are_fixed_per_vocabulary(registry):
         lineage.Fingerprint.from_bytes(b"not a fingerprint")
     with pytest.raises(ValueError, match="screening.probes"):
         lineage.probe_inputs(TASK.space, VOCAB, 0)
+
+
+def test_stored_references_are_checked_by_hash(registry, tmp_path, monkeypatch):
+    """The registry side: a tag's fingerprint is read from the local cache when its hash matches (no download), and a
+    malformed tag is ignored (the version then counts as one without a fingerprint)."""
+    from modeldiff.platform import lineage_index
+
+    monkeypatch.setenv("MODELDIFF_CACHE", str(tmp_path))
+    data = registry[1]["parent"].to_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    (tmp_path / "lineage").mkdir()
+    (tmp_path / "lineage" / f"{digest}.npz").write_bytes(data)
+    fp = lineage_index.load(f"sha256:{digest} runs:/0123abc/lineage/fingerprint.npz")
+    assert fp is not None and fp.probe_key == registry[1]["parent"].probe_key
+    assert lineage_index.load("runs:/0123abc/lineage/fingerprint.npz") is None
