@@ -293,14 +293,21 @@ class ScreeningSection(Section):
     name: ClassVar[str] = "screening"
     hub_ids: list
     directories: list
+    probes: int  # the lineage index (modeldiff.analysis.lineage): probe inputs per fingerprint
+    shortlist: int  # registered versions checked in full per new version (0 = all)
 
     def rules(self):
         def strings(values):
             return all(isinstance(v, str) and v.strip() for v in values)
 
+        def integer(v, low):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
         return [
             ("hub_ids", strings(self.hub_ids), 'a list of hub ids or patterns, e.g. ["HuggingFaceTB/*"]'),
             ("directories", strings(self.directories), 'a list of directories, e.g. ["/srv/models"]'),
+            ("probes", integer(self.probes, 1), "an integer >= 1"),
+            ("shortlist", integer(self.shortlist, 0), "an integer >= 0 (0 = check every registered version)"),
         ]
 
 

@@ -117,6 +117,12 @@ def counterparts(version) -> list[tuple[str, bool]]:
     """[(models:/ URI, same identity)] of the modeldiff versions with this version's vocabulary key that were
     registered before it, oldest first (a copy is compared with what existed when it arrived). A version whose own
     screening failed is none: it could not be loaded."""
+    identity = version.tags[IDENTITY_TAG]
+    return [(version_uri(v), v.tags[IDENTITY_TAG] == identity) for v in earlier_versions(version)]
+
+
+def earlier_versions(version) -> list:
+    """The ModelVersions behind `counterparts` (with their tags), oldest first."""
     key = version.tags.get(TOKENIZER_TAG, "")
     if not key:
         return []
@@ -131,8 +137,7 @@ def counterparts(version) -> list[tuple[str, bool]]:
         for v in found
         if v.tags.get(IDENTITY_TAG) and v.tags.get(STATUS_TAG) != "failed" and _order(v) < _order(version)
     ]
-    identity = version.tags[IDENTITY_TAG]
-    return [(version_uri(v), v.tags[IDENTITY_TAG] == identity) for v in sorted(earlier, key=_order)]
+    return sorted(earlier, key=_order)
 
 
 def identical_report(parent_uri: str, uri: str) -> dict:

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from entrypoints import plagiarism_check
 from modeldiff.config import load_config
+from modeldiff.platform import lineage_index
 from modeldiff.platform.model_registry import register_model
 from modeldiff.platform.screening import COUNTERPART_TAG, STATUS_TAG, VERDICT_TAG
 from modeldiff.views import describe
@@ -153,9 +154,24 @@ def test_registry_versions_get_lineage_tags_and_poll_screens_them(store, copy_ch
     )
     assert res.returncode == 0, res.stderr[-3000:]
     origin = MlflowClient().get_model_version("origin", "1").tags
-    assert origin[STATUS_TAG] == "done" and origin[VERDICT_TAG] == "independent"
+    assert origin[STATUS_TAG] == "done" and origin[VERDICT_TAG] == "independent", origin.get("modeldiff.lineage.error")
     assert "1 unscreened version(s) found" in res.stderr
     assert json.loads(origin["modeldiff.lineage.statistic"])["note"].startswith("no model of its vocabulary")
+    # the lineage index: origin/1 got its fingerprint when screened; derived/1 (checked as a pair, never screened) gets
+    # one from the next screening that meets it; with a shortlist of 1, one of the two is checked (white box: cheap)
+    assert lineage_index.load(origin[lineage_index.FINGERPRINT_TAG]) is not None
+    register_model("noise:1e-1:relative:toy:small", "third", cfg)
+    body = plagiarism_check.main(
+        ["--overrides", OVERRIDES + " plagiarism.mode=white_box screening.shortlist=1", "--version", "models:/third/1"]
+    )
+    index = body["lineage"]
+    assert len(index["checked"]) == 1 and [c["version"] for c in index["screened_out"]] != index["checked"]
+    assert list(body["pairs"]) == index["checked"] and body["verdict"] in ("suspected_copy_of", "related")
+    for name in ("derived", "third"):
+        tag = MlflowClient().get_model_version(name, "1").tags[lineage_index.FINGERPRINT_TAG]
+        assert (
+            lineage_index.load(tag).vocabulary == lineage_index.load(origin[lineage_index.FINGERPRINT_TAG]).vocabulary
+        )
 
 
 def _fails(capsys, argv, match):

@@ -7,9 +7,11 @@ Two ways to call it:
   dominance or balance, the weights' energy); otherwise its direction is `unknown`: argument order is no evidence.
   If B is a registry version, its lineage tags are written too. `plagiarism.mode` chooses the evidence: with
   `white_box` the chain is not run at all (the weights alone decide).
-- a registry version, `--version models:/name/N`: that version against every registered version of the same
+- a registry version, `--version models:/name/N`: that version against the registered versions of the same
   vocabulary created before it, one pair each; the strongest finding becomes the version's lineage tags
-  (DESIGN §4). The screening service runs this mode for every new version.
+  (DESIGN §4). The screening service runs this mode for every new version. Only a shortlist gets the full check:
+  the `screening.shortlist` nearest by lineage fingerprint (modeldiff.analysis.lineage; the version's own is stored
+  with it, tag `modeldiff.lineage.fingerprint`), plus any version with the same weights identity.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 import mlflow
 
 from modeldiff import pipeline
+from modeldiff.analysis import lineage
 from modeldiff.analysis.plagiarism import screening_verdict, statistic
 from modeldiff.models import LoadedModel, check_comparable, load_model
 from modeldiff.views import describe, plots
 
-from .. import screening, tracking
+from .. import lineage_index, screening, tracking
 from ..chain import pair_tags, run_steps
 from ..model_registry import IDENTITY_TAG, safe_name, screening_policy
 from ..runtime import Dist
@@ -123,7 +126,11 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
     """The version (loaded first: one that cannot be loaded fails its screening), then every counterpart in turn
     (each loaded, compared, released), all as untrusted registry input; the version's lineage tags at the end."""
     version = screening.parse_version(uri)
-    counterparts = dist.broadcast(screening.counterparts(version) if dist.is_main else None)
+    earlier = screening.earlier_versions(version) if dist.is_main else []
+    identity = version.tags[IDENTITY_TAG]
+    counterparts = dist.broadcast(
+        [(screening.version_uri(v), v.tags[IDENTITY_TAG] == identity) for v in earlier] if dist.is_main else None
+    )
     run = mlflow.active_run() if dist.is_main else None
     if run:
         mlflow.set_tags(
@@ -137,9 +144,13 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
     with screening_policy():
         with dist.main_first():
             new = load_model(uri, cfg)
+        index = _shortlist(cfg, version, new, earlier, counterparts) if run else None
+        check = set(dist.broadcast(index["checked"] if run else None))
         for other_uri, same_identity in counterparts:
             if same_identity:  # registered twice: the same weights, nothing to sample
                 results.append((other_uri, screening.identical_report(other_uri, uri)))
+                continue
+            if other_uri not in check:  # far from the new version by fingerprint: no full check
                 continue
             try:
                 rep = _compare(cfg, dist, other_uri, new, run)
@@ -163,6 +174,7 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
             c: {k: r.get(k) for k in ("verdict", "mode", "copy", "direction_evidence", "reason")} for c, r in results
         },
         "skipped": skipped,
+        "lineage": index,
     }
     mlflow.log_dict(body, "plagiarism.json")
     mlflow.set_tags({"modeldiff.verdict": verdict, "modeldiff.counterpart": counterpart})
@@ -170,9 +182,41 @@ def _version_mode(cfg, dist: Dist, uri: str) -> dict | None:
     screening.write_lineage(uri, verdict, counterpart, stat, run.info.run_id, skipped)
     print(
         f"modeldiff: {uri}: {verdict}{' ' + counterpart if counterpart else ''} "
-        f"({len(results)} registered model(s) compared, {len(skipped)} skipped)"
+        f"({len(results)} registered model(s) compared, {len(skipped)} skipped, "
+        f"{len(index['screened_out'])} ruled out by fingerprint)"
     )
     return body
+
+
+def _shortlist(cfg, version, new: LoadedModel, earlier: list, counterparts: list) -> dict:
+    """(main process) The new version's fingerprint, stored with it; every earlier version's (made and stored now for
+    one screened before the lineage index existed, where it loads); the shortlist of those to check in full (versions
+    with the same weights identity are always compared: that costs nothing)."""
+    fp = lineage_index.compute(cfg, new)
+    reference = lineage_index.store(fp, "lineage/fingerprint.npz", version.name, str(version.version))
+    fingerprints = {}
+    for v, (other_uri, same_identity) in zip(earlier, counterparts):
+        if same_identity:
+            continue
+        tag = v.tags.get(lineage_index.FINGERPRINT_TAG)
+        fingerprints[other_uri] = lineage_index.load(tag) if tag else None
+        if fingerprints[other_uri] is None:
+            try:
+                other = load_model(other_uri, cfg)
+                fingerprints[other_uri] = lineage_index.compute(cfg, other)
+                path = f"lineage/counterparts/{safe_name(other_uri.removeprefix('models:/'))}.npz"
+                lineage_index.store(fingerprints[other_uri], path, v.name, str(v.version))
+                del other
+            except COUNTERPART_ERRORS as e:  # kept on the shortlist: its full check says why it cannot be compared
+                print(f"modeldiff: no lineage fingerprint for {other_uri}: {' '.join(str(e).split())[:300]}")
+    keep, rest = lineage.shortlist(fp, fingerprints, int(cfg.screening.shortlist))
+    return {
+        "fingerprint": reference,
+        "shortlist_size": int(cfg.screening.shortlist),
+        "checked": [c.key for c in keep],
+        "shortlist": [c.summary() for c in keep],
+        "screened_out": [c.summary() for c in rest],
+    }
 
 
 def _compare(cfg, dist: Dist, other_uri: str, new: LoadedModel, run) -> dict:
