@@ -20,6 +20,8 @@ effectively distinct inputs, not draws: all draws of one input share its D).
   mean_A(D) + mean_B(D) with D = z_A − z_B: selection pushes the two means in opposite directions by about the same
   amount, while the parent, at the optimum its copy was pushed away from, has the lower NLL on both sides, so the sum
   has the sign of the copy's extra NLL. Decisive when |sum| / its standard error exceeds `balance_z`; else unknown.
+  The optimum is an assumption: for an undertrained parent the noise's first-order effect can make the copy better
+  on both sides, so the balance yields to the weights and to the registry's order (see the order below).
 
 White box (modeldiff.analysis.relatedness), when both have the same architecture: are the weights related at all
 (p-values against independent training, whose nulls permute only the network's true symmetries), is their
@@ -34,11 +36,12 @@ user has for a model whose weights are not at hand); `white_box` only the weight
     no white box (black_box mode, or weights that cannot be compared): dominated or near-identical ->
         suspected_copy_of; functions farther apart than the copy regimes allow -> independent; otherwise inconclusive
     white_box mode with weights that cannot be compared -> inconclusive, with the reason
-Which one is the copy: the black box's dominated side if decisive (`black_box_dominance`); else the black-box balance
-if decisive (`black_box_balance`); else, for a noise-like difference, the weight-energy direction if decisive
-(`weight_energy`); else the order given by the caller if it is evidence (`registration_order`: screening compares a
-new registry version, model B, with versions registered before it); else `unknown` (copy and parent None). The order of
-the arguments of a pair check is never taken as evidence.
+Which one is the copy: the black box's dominated side if decisive (`black_box_dominance`); else, for a noise-like
+difference, the weight-energy direction if decisive (`weight_energy`); else the order given by the caller if it is
+evidence (`registration_order`: screening compares a new registry version, model B, with versions registered before
+it); else the black-box balance if decisive (`black_box_balance`: it assumes the parent at an optimum of its loss, so
+it yields to the registry); else `unknown` (copy and parent None). The order of the arguments of a pair check is never
+taken as evidence.
 """
 
 from __future__ import annotations
@@ -273,8 +276,6 @@ def _direction(
     evidence that B came later (registration_order), or None: argument order alone is no evidence."""
     if bb is not None and bb.dominated:
         return bb.dominated, "black_box_dominance"
-    if bb is not None and bb.balance_copy:
-        return bb.balance_copy, "black_box_balance"
     if (
         wb is not None
         and wb.applicable
@@ -282,8 +283,13 @@ def _direction(
         and abs(wb.direction_z) > thresholds.direction_z
     ):
         return ("B" if wb.direction_z > 0 else "A"), "weight_energy"
+    # the balance assumes the parent sits at an optimum of its loss (the copy's noise can only cost NLL, to second
+    # order); an undertrained parent's first-order term points either way (a 60-step toy's σ = 1e-3 copy scored
+    # better on both sides, balance z = 5.7), so the registry's order, where there is one, goes first
     if order:
         return "B", order
+    if bb is not None and bb.balance_copy:
+        return bb.balance_copy, "black_box_balance"
     return None, "unknown"
 
 

@@ -322,7 +322,8 @@ def _wb(p=1e-30, structure=0.5, z=0.0, applicable=True):
         (_bb(), _wb(), "suspected_copy_of", None, "unknown"),
         (_bb(), _wb(z=-9.0), "suspected_copy_of", "A", "weight_energy"),  # A carries the noise energy
         (_bb(dominated="B"), _wb(z=-9.0), "suspected_copy_of", "B", "black_box_dominance"),  # the black box goes first
-        (_bb(balance="A"), _wb(z=9.0), "suspected_copy_of", "A", "black_box_balance"),
+        (_bb(balance="A"), _wb(z=9.0), "suspected_copy_of", "B", "weight_energy"),  # the weights before the balance
+        (_bb(balance="A"), _wb(), "suspected_copy_of", "A", "black_box_balance"),
         (_bb(dominated="B", balance="A"), _wb(), "suspected_copy_of", "B", "black_box_dominance"),
         (_bb(), _wb(structure=1e-9), "related", None, None),  # a fine-tune
         (_bb(near=True), _wb(structure=1e-9), "suspected_copy_of", None, "unknown"),  # same function anyway
@@ -352,8 +353,11 @@ def test_registration_order_is_the_last_resort_for_direction():
     """Screening knows which version came later; a pair check does not (argument order is no evidence)."""
     v = decide(_bb(near=True), None, Thresholds(), "black_box", order="registration_order")
     assert (v.copy, v.parent, v.direction_evidence) == ("B", "A", "registration_order")
+    # the balance assumes a parent at an optimum of its loss; the registry's order goes first
     v = decide(_bb(near=True, balance="A"), _wb(), Thresholds(), "combined", order="registration_order")
-    assert (v.copy, v.direction_evidence) == ("A", "black_box_balance")  # evidence beats order
+    assert (v.copy, v.direction_evidence) == ("B", "registration_order")
+    v = decide(_bb(near=True, balance="A"), _wb(z=-9.0), Thresholds(), "combined", order="registration_order")
+    assert (v.copy, v.direction_evidence) == ("A", "weight_energy")  # evidence from the weights beats order
 
 
 @pytest.mark.parametrize(
