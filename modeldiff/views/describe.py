@@ -52,7 +52,7 @@ def with_interval(v, interval, fmt=number) -> str:
 def ui_route(experiment_id, run_id: str | None = None) -> str:
     """The UI's route (after the server's address) of an experiment, in its training view, or of one run."""
     if run_id:
-        return f"#/experiments/{experiment_id}/runs/{run_id}"
+        return f"#/experiments/{experiment_id}/runs/{run_id}?{WORKFLOW}"
     return f"#/experiments/{experiment_id}?{WORKFLOW}"
 
 

@@ -80,9 +80,11 @@ def test_main_logs_the_contract_artifacts(store, chain):
             assert f"{ratio['ratio'][k]:.3f} [{lo:.3f}, {hi:.3f}]" in text, (k, text)
     main_note = note(parent.info.run_id)
     for step, run_id in children.items():  # links to every step, in the UI's own routes
-        assert f"[{describe.step_label(step)}](#/experiments/{exp}/runs/{run_id})" in main_note
+        assert f"[{describe.step_label(step)}](#/experiments/{exp}/runs/{run_id}?{describe.WORKFLOW})" in main_note
     assert "bins in Z have ESS < 100" in main_note  # the steps' warnings
-    assert f"[cross_eval A→B](#/experiments/{exp}/runs/{children['cross_eval_AB']})" in note(children["normalize"])
+    assert f"[cross_eval A→B](#/experiments/{exp}/runs/{children['cross_eval_AB']}?{describe.WORKFLOW})" in note(
+        children["normalize"]
+    )
     sampling = note(children["sample_outdist_A"])
     assert "### ρ̃(z) of `toy:small`" in sampling and "**Coverage of Z = [" in sampling
     assert "- split-R̂, largest over Z's bins" in sampling and "bins in Z have ESS < 100" in sampling
@@ -93,7 +95,10 @@ def test_main_logs_the_contract_artifacts(store, chain):
         f"open it: mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000/#/experiments/{exp}?workflowType="
         in out
     )
-    assert f"this run: http://127.0.0.1:5000/#/experiments/{exp}/runs/{parent.info.run_id}" in out
+    assert (
+        f"this run: http://127.0.0.1:5000/#/experiments/{exp}/runs/{parent.info.run_id}?workflowType=machine_learning"
+        in out
+    )
 
 
 def test_rerun_reuses_finished_runs(store, chain):

@@ -97,7 +97,10 @@ def test_mlflow_run_pair_logs_the_verdict_and_its_evidence(copy_check):
     assert f"- median |D| over the pair's own z spread ({bb['scale']:.4f}): {bb['relative_D']:.3f} [" in note
     assert f"A has the lower NLL on {describe.percent(bb['B']['other_wins'])} of the draws" in note
     assert f"independence p = {rep['white_box']['p_value']:.3g}" in note
-    assert f"[normalize](#/experiments/{run.info.experiment_id}/runs/{rep['runs']['normalize']})" in note
+    assert (
+        f"[normalize](#/experiments/{run.info.experiment_id}/runs/{rep['runs']['normalize']}?{describe.WORKFLOW})"
+        in note
+    )
 
 
 def test_independent_seed_is_no_copy_and_steps_are_reused(store, copy_check):

@@ -5,6 +5,7 @@ artifacts and registry tags where they were."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,9 @@ from modeldiff.config import load_config
 from modeldiff.ops import stack
 from modeldiff.platform.screening import COUNTERPART_TAG, STATUS_TAG, VERDICT_TAG, WEBHOOK_NAME
 from support import ROOT, artifacts, ratio_of
+from support.browser import start_browser
 from support.chains import ARTIFACTS
+from support.mlflow_ui import check_main_run_in_ui
 from support.servers import SCREEN_OVERRIDES as OVERRIDES
 from support.servers import get_json, wait_for
 
@@ -218,6 +221,26 @@ def test_two_chains_at_once_finish_with_every_run_artifact_and_metric(live, chai
             assert {k: metrics[k] for k in ratio["terms"]} == ratio["terms"]
             assert {k: metrics[k] for k in ratio["counts"]} == ratio["counts"]
         assert (parent.data.tags["modeldiff.model_a"], parent.data.tags["modeldiff.model_b"]) == (a, b)
+
+
+@pytest.mark.integration
+def test_the_ui_shows_the_runs_table_the_ratio_in_words_the_plot_and_the_token_view(live, chains, tmp_path_factory):
+    """What a user sees after `main`: the link it prints opens the experiment's runs table (MLflow 3's training view)
+    in headless Chromium; the rest is in modeldiff's tests/support/mlflow_ui.py. Screenshots: $MODELDIFF_TEST_OUTPUT
+    (else a temporary directory, printed)."""
+    (a, _), parent = PAIRS[0], chains[PAIRS[0]]
+    printed = (live["root"] / f"chain-{a}.log").read_text()
+    experiment_url = re.search(r"modeldiff: open (http://\S+) \(the experiment's runs table\)", printed).group(1)
+    assert f"modeldiff: this run: {experiment_url.split('?')[0]}/runs/{parent}" in printed
+    out = Path(os.environ.get("MODELDIFF_TEST_OUTPUT") or tmp_path_factory.mktemp("mlflow-ui"))
+    out.mkdir(parents=True, exist_ok=True)
+    browser = start_browser(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        shots = check_main_run_in_ui(browser, experiment_url, list(chains.values()), out)
+    finally:
+        browser.close()
+    print(f"screenshots: {', '.join(str(p) for p in shots.values())}")
+    assert all(p.stat().st_size > 10_000 for p in shots.values())
 
 
 @pytest.fixture(scope="module")

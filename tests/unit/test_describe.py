@@ -68,8 +68,8 @@ def test_ratio_description_states_the_ratio_terms_draws_warnings_and_runs():
     assert "spans [-0.620, 0.200] on A's draws and [-0.210, 0.520] on B's" in text
     assert "- side A rests on 4 independent stage-1 units" in text
     # links: a route inside the UI, in the run's own experiment unless told another
-    assert "- [cross_eval A→B](#/experiments/3/runs/abc) (`abc`)" in text
-    assert "- [cross_eval B→A](#/experiments/7/runs/def) (`def`)" in text
+    assert "- [cross_eval A→B](#/experiments/3/runs/abc?workflowType=machine_learning) (`abc`)" in text
+    assert "- [cross_eval B→A](#/experiments/7/runs/def?workflowType=machine_learning) (`def`)" in text
     assert "**Warnings:** none." in describe.ratio_description(RATIO)
 
 
@@ -86,7 +86,7 @@ def test_labels_routes_and_numbers():
     assert describe.step_label("annotate_AB") == "annotate A→B"
     assert describe.step_label("normalize") == "normalize"
     assert describe.ui_route("2") == "#/experiments/2?workflowType=machine_learning"
-    assert describe.ui_route("2", "r1") == "#/experiments/2/runs/r1"
+    assert describe.ui_route("2", "r1") == "#/experiments/2/runs/r1?workflowType=machine_learning"
     assert describe.percent(0.0) == "0%" and describe.percent(1.25) == "125%" and describe.percent(0.031) == "3.1%"
     assert describe.number(float("inf")) == "∞" and describe.number(float("nan")) == "undefined"
 
@@ -134,7 +134,7 @@ def test_plagiarism_description_names_copy_and_parent_with_the_evidence():
     assert "95th percentile of |D| over both sides: 0.0123" in text
     assert "independence p = 7.6e-36" in text and "noise-structure p = 0.72" in text and "z = +1.30" in text
     assert "The ratio with its intervals is on the normalize run." in text
-    assert "[normalize](#/experiments/4/runs/n1)" in text
+    assert "[normalize](#/experiments/4/runs/n1?workflowType=machine_learning)" in text
 
     unknown = {**PLAGIARISM, "copy_model": None, "parent_model": None, "direction_evidence": "unknown"}
     text = describe.plagiarism_description(unknown)
@@ -218,7 +218,7 @@ def test_annotation_description_gives_precision_and_recall_with_their_errors():
     assert text.startswith("### Annotation of the A→B draws with D in (-inf, 0)")
     assert "**Precision 0.831 ± 0.021, recall 0.510 ± 0.031** (± one standard error, from replicates)." in text
     assert "window's 1,240 draws are 62% as many as the draws both models find likely (the terms' scale); 310" in text
-    assert "[cross_eval A→B](#/experiments/1/runs/ce)" in text
+    assert "[cross_eval A→B](#/experiments/1/runs/ce?workflowType=machine_learning)" in text
     line = describe.annotation_line("BA", result)
     assert line.startswith("- annotate B→A (D in (-inf, 0), toy_rule): precision 0.831 ± 0.021, recall 0.510")
 
@@ -229,11 +229,11 @@ def test_where_to_look_names_the_run_and_how_to_open_it():
         "run abc in experiment 'modeldiff' (id 1), tracking URI sqlite:///mlflow.db",
         "open it: mlflow ui --backend-store-uri sqlite:///mlflow.db   then "
         "http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning",
-        "this run: http://127.0.0.1:5000/#/experiments/1/runs/abc",
+        "this run: http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning",
     ]
     server = describe.where_to_look("https://mlflow.example.org/", "team", "7", "r9")
     assert (
         server[1]
         == "open https://mlflow.example.org/#/experiments/7?workflowType=machine_learning (the experiment's runs table)"
     )
-    assert server[2] == "this run: https://mlflow.example.org/#/experiments/7/runs/r9"
+    assert server[2] == "this run: https://mlflow.example.org/#/experiments/7/runs/r9?workflowType=machine_learning"
