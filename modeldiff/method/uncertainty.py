@@ -35,6 +35,8 @@ from scipy.stats import t as student_t
 from .normalize import TERMS, side_masks
 from .reweighting import group_logsumexp, log_weights, logsumexp, sub_bin_centres, wham
 
+# a row of several models against one reference (Appendix B): A→X terms, then X→A terms
+MULTI_TERMS = ("PD_AX", "PA_AX", "PA_XA", "PD_XA")
 # below this many independent units an interval rests on a few distinct resamples and a t with < 7 degrees of
 # freedom: too fragile to trust without a warning
 MIN_UNITS = 8
@@ -293,17 +295,23 @@ class TermReplicates:
     n_units: int
 
 
-def side_term_replicates(
-    draws: pd.DataFrame, replicates: SideReplicates, side: str, lam: float, seed: int
-) -> TermReplicates:
-    """The two terms of one side (AB or BA) over its replicates."""
+def _side_weights(draws: pd.DataFrame, replicates: SideReplicates, side: str, seed: int):
+    """(the first draw of each distinct input, {variant: weights [R or 1, inputs]}): each input's weight per replicate
+    under both stages resampled ("total"), stage 1 alone ("stage1") and none ("point": its draws)."""
     reps, counts, first = _by_input(draws)
     ln_f = replicates.of_draws(reps)
-    weights = {
+    return first, {
         "total": resampled_weights(counts, ln_f, rng_for(seed, STREAM_STAGE2, side[0])),
         "stage1": counts * scaled_factors(ln_f),
         "point": counts[None, :].astype(np.float64),
     }
+
+
+def side_term_replicates(
+    draws: pd.DataFrame, replicates: SideReplicates, side: str, lam: float, seed: int
+) -> TermReplicates:
+    """The two terms of one side (AB or BA) over its replicates."""
+    first, weights = _side_weights(draws, replicates, side, seed)
     masks = side_masks(first["D"].to_numpy(np.float64), lam, side)
     in_other = first["in_z_other"].to_numpy(np.float64)
     out = {}
@@ -410,6 +418,103 @@ def ratio_uncertainty(
         "std": {"terms": {k: std[k] for k in TERMS}, "ratio": [0.0] + [std[f"ratio_{k}"] for k in TERMS[1:]]},
         "ess": ess,
     }
+
+
+def multi_model_uncertainty(
+    reference_draws: dict[str, tuple[pd.DataFrame, SideReplicates]],
+    own_draws: dict[str, tuple[pd.DataFrame, SideReplicates]],
+    lam: float,
+    level: float,
+    seed: int,
+) -> dict[str, dict]:
+    """Several models X against one reference A (paper Appendix B, Eq. 14–17) with intervals, per model X:
+    `reference_draws[X]` = A's draws scored by X (cross_eval A→X; the same draws for every X), `own_draws[X]` = X's
+    draws scored by A (cross_eval X→A), each with its stage-1 replicates.
+
+    Every term is on the common scale 1/|X_A| (A's likely inputs), so rows compare: A→X terms count over all of A's
+    draws (Eq. 14–15: the shared denominator |X̃_A|), and X→A terms, normalised by |X̃_X→A| as in a pair, are rescaled
+    by the share s_X = |X̃_A→X| / |X̃_A| of A's draws that X also finds likely (Eq. 16–17). Exactly: PD_AX =
+    #{x ∈ X_A: D < −λ} / |X_A|, PA_XA = #{x ∈ X_X: D < −λ} / |X_A|, ..., with D = z_A − z_X. The ratio of a row is
+    its terms over its PD_AX. Intervals resample stage 1's units of A and of X and both sides' draws, as a pair's do
+    (`ratio_uncertainty`); A's replicates are the same for every row (one set of A draws and one seed)."""
+    if set(reference_draws) != set(own_draws) or not reference_draws:
+        raise ValueError("every compared model needs both its A→X and its X→A draws")
+    sizes = {len(draws) for draws, _ in reference_draws.values()}
+    if len(sizes) != 1:
+        raise ValueError("the A→X draws must be the same A draws for every model X (equal numbers of draws)")
+    out = {}
+    for name in reference_draws:
+        ab, ab_reps = reference_draws[name]
+        ba, ba_reps = own_draws[name]
+        if ab_reps.n_replicates != ba_reps.n_replicates:
+            raise ValueError(
+                f"{name}: its two cross_evals have different numbers of replicates (uncertainty.n_replicates)"
+            )
+        first, w_a = _side_weights(ab, ab_reps, "AB", seed)
+        masks = side_masks(first["D"].to_numpy(np.float64), lam, "AB")
+        in_x = first["in_z_other"].to_numpy(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            forward = {
+                v: {
+                    **{t.replace("AB", "AX"): (w @ m.astype(np.float64)) / w.sum(axis=1) for t, m in masks.items()},
+                    "share": (w @ in_x) / w.sum(axis=1),
+                }
+                for v, w in w_a.items()
+            }
+        back = side_term_replicates(ba, ba_reps, "BA", lam, seed)
+        backward = {
+            "total": back.total,
+            "stage1": back.stage1,
+            "point": {k: np.array([v]) for k, v in back.point.items()},
+        }
+
+        def quantities(f: dict, b: dict) -> dict:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                terms = {
+                    "PD_AX": f["PD_AX"],
+                    "PA_AX": f["PA_AX"],
+                    "PA_XA": np.asarray(b["PA_BA"]) * f["share"],
+                    "PD_XA": np.asarray(b["PD_BA"]) * f["share"],
+                }
+                return {**terms, **{f"ratio_{k}": terms[k] / terms["PD_AX"] for k in MULTI_TERMS[1:]}}
+
+        q = {
+            "total": quantities(forward["total"], backward["total"]),
+            "A": quantities(forward["stage1"], backward["point"]),
+            "X": quantities(forward["point"], backward["stage1"]),
+        }
+        point = {k: float(v[0]) for k, v in quantities(forward["point"], backward["point"]).items()}
+        ci, std = {}, {}
+        for key in q["total"]:
+            dof = welch_dof(q["total"][key], [(q["A"][key], ab_reps.n_units), (q["X"][key], ba_reps.n_units)])
+            ci[key] = interval(point[key], q["total"][key], level, dof)
+            std[key] = replicate_std(q["total"][key])
+        share = float(forward["point"]["share"][0])
+        out[name] = {
+            "terms": {k: point[k] for k in MULTI_TERMS},
+            "ratio": [1.0] + [point[f"ratio_{k}"] for k in MULTI_TERMS[1:]],
+            "ci": {
+                "level": float(level),
+                "terms": {k: ci[k] for k in MULTI_TERMS},
+                "ratio": [[1.0, 1.0]] + [ci[f"ratio_{k}"] for k in MULTI_TERMS[1:]],
+            },
+            "std": {
+                "terms": {k: std[k] for k in MULTI_TERMS},
+                "ratio": [0.0] + [std[f"ratio_{k}"] for k in MULTI_TERMS[1:]],
+            },
+            "counts": {
+                "n_A": int(len(ab)),
+                "n_A_in_X": int(ab["in_z_other"].sum()),
+                "n_X": int(len(ba)),
+                "n_X_in_A": int(ba["in_z_other"].sum()),
+                "share_A_in_X": share,
+                "ess_inputs_A": input_ess(ab["representative"]),
+                "ess_inputs_X": input_ess(ba["representative"]),
+                "n_units_A": ab_reps.n_units,
+                "n_units_X": ba_reps.n_units,
+            },
+        }
+    return out
 
 
 def warnings_for(ess: dict) -> list[str]:
