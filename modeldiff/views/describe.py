@@ -390,3 +390,43 @@ def sheet_description(n_inputs: int, n_in_window: int, window: str, arrow: str, 
         f"(read them in `annotation/sheet.html`). Fill the score column (0 = bad .. 1 = good), then import it:\n\n"
         f"    {command}\n"
     )
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+
+def compare_description(table: dict, *, z_range=None, warnings=(), runs: dict | None = None, experiment_id=None) -> str:
+    """compare's description: the table of several models against one reference (tables/compare.json's record), a
+    sentence per model, the scale the rows share, the warnings and links to each pair's main run."""
+    rows, lam = table["rows"], float(table.get("lambda", 0.0))
+    level = table.get("level")
+    lines = [f"### {len(rows)} models against the reference `{table['reference']}`", ""]
+    lines += [
+        f"| model | PD_A→X | PA_A→X | PA_X→A | PD_X→A | ratio ({level:.0%} intervals) |" if level else "",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        ci = row["ci"]["terms"]
+        cells = [with_interval(row["terms"][k], ci[k]) for k in ("PD_AX", "PA_AX", "PA_XA", "PD_XA")]
+        lines.append(f"| `{row['model']}` | {' | '.join(cells)} | {ratio_line(row)} |")
+    lines.append("")
+    margin = f" by more than λ = {lam:g}" if lam > 0 else ""
+    for row in rows:
+        share = {k: with_interval(row["terms"][k], row["ci"]["terms"][k], percent) for k in row["terms"]}
+        lines.append(
+            f"- `{row['model']}`: of A's likely inputs, X has the lower NLL{margin} on {share['PA_AX']} and A on "
+            f"{share['PD_AX']}; X's own likely inputs on which A has the lower NLL number {share['PA_XA']} of A's "
+            f"likely inputs, those on which X has it {share['PD_XA']}."
+        )
+    z = f" (z in Z = [{z_range[0]:g}, {z_range[1]:g}])" if z_range else ""
+    lines += [
+        "",
+        f"Every term counts inputs per likely input of the reference A{z}, |X_A| (paper Appendix B, Eq. 14–17): the "
+        "A→X terms over A's draws, which every model scores (A is sampled once), the X→A terms rescaled by the share "
+        "of A's draws that X also finds likely. So the rows compare: a model with a larger PA_A→X assigns the lower "
+        "NLL to more of A's likely inputs.",
+    ]
+    lines += _warnings_section(warnings)
+    if runs:
+        lines += _runs_section(runs, experiment_id, "Each pair's main run")
+    return "\n".join(lines)

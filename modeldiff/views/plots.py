@@ -200,3 +200,35 @@ def r_d_figure(annotation: dict, title: str = "") -> plt.Figure:
     r_ax.legend(handles, ["ρ(D)", "r(D)"], loc="upper left", fontsize="small", title=note, title_fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def compare_ratio_figure(rows: list[dict], reference: str, title: str = "") -> plt.Figure:
+    """Several models against one reference (Appendix B), one colour per model: left, the four terms on the scale the
+    rows share (per likely input of A: they compare across models); right, each row's ratio to its PD_A→X (the same
+    as the pair's own ratio). Points with their intervals."""
+    labels = ["PD_A→X", "PA_A→X", "PA_X→A", "PD_X→A"]
+    keys = ["PD_AX", "PA_AX", "PA_XA", "PD_XA"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 1.5 + 0.45 * 4 * len(rows)), sharey=True)
+    step = 1.0 / (len(rows) + 1)
+
+    def point(ax, value, interval, y, colour, label=None):
+        lo, hi = interval
+        err = [[value - lo if lo is not None else 0.0], [hi - value if hi is not None else 0.0]]
+        ax.errorbar([value], [y], xerr=err, fmt="o", color=colour, capsize=3, label=label)
+
+    for m, row in enumerate(rows):
+        colour = f"C{m}"
+        for j, k in enumerate(keys):
+            y = j + (m + 1) * step
+            point(left, row["terms"][k], row["ci"]["terms"][k], y, colour, row["model"] if j == 0 else None)
+            point(right, row["ratio"][j], row["ci"]["ratio"][j], y, colour)
+    left.set_yticks([j + 0.5 for j in range(len(keys))], labels)
+    left.invert_yaxis()
+    level = rows[0]["ci"]["level"] if rows else 0.95
+    left.set(xlabel=f"count per likely input of A ({level:.0%} intervals)", title="terms, on A's scale")
+    right.axvline(1.0, color="black", lw=0.8, ls=":")
+    right.set(xlabel="ratio to PD_A→X", title="ratio")
+    left.legend(loc="best", fontsize="small")
+    fig.suptitle(title or f"{len(rows)} models against the reference A = {reference}")
+    fig.tight_layout()
+    return fig

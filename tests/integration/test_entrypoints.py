@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from entrypoints import cross_eval, main, normalize, sample_outdist
+from entrypoints import compare, cross_eval, main, normalize, sample_outdist
 from entrypoints import tokendiff as tokendiff_ep
 from modeldiff.method.toy import ToyTask, make_toy_model
 from modeldiff.platform import tracking
@@ -304,6 +304,43 @@ def _artifact(run_id, path):
 def _page_data(run_id):
     html = _artifact(run_id, "tokendiff/index.html").read_text()
     return json.loads(html.split('id="tokendiff-data">', 1)[1].split("</script>", 1)[0])
+
+
+def test_compare_runs_one_reference_against_several_models_sharing_its_draws(store, chain, capsys):
+    """Appendix B: `-e compare` reuses the chain's (toy:small, toy:large) main run, runs one new pair as a child, and
+    logs one table whose rows share A's scale (terms = the pair's × the share of A's draws X finds likely)."""
+    parent, _ = chain
+    copy = "noise:1e-2:relative:toy:small"
+    res = mlflow_run(store, "compare", overrides=OVERRIDES, models=f"toy:large {copy}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = runs_of(store, "compare", "FINISHED")[0]
+    assert {"tables/compare.json", "tables/compare.csv", "plots/compare_ratio.png"} <= set(artifacts(run.info.run_id))
+    table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/tables/compare.json")
+    assert table["reference"] == "toy:small" and [r["model"] for r in table["rows"]] == ["toy:large", copy]
+    large, noisy = table["rows"]
+    assert large["main_run"] == parent.info.run_id  # the chain's pair, reused
+    assert MlflowClient().get_run(noisy["main_run"]).data.tags["mlflow.parentRunId"] == run.info.run_id
+    pairs = [MlflowClient().get_run(r["main_run"]).data.tags for r in table["rows"]]
+    # A sampled once, and one set of A's draws for both models
+    assert pairs[0]["modeldiff.run.sample_outdist_A"] == pairs[1]["modeldiff.run.sample_outdist_A"]
+    draws = [tracking.load_draws(p["modeldiff.run.cross_eval_AB"]) for p in pairs]
+    assert draws[0]["representative"].tolist() == draws[1]["representative"].tolist()
+    for row, tags in zip(table["rows"], pairs):
+        pair = ratio_of(tags["modeldiff.run.normalize"])
+        share = row["counts"]["share_A_in_X"]
+        assert share == pytest.approx(pair["counts"]["n_A_in_B"] / pair["counts"]["n_A"])
+        for k, pk in zip(("PD_AX", "PA_AX", "PA_XA", "PD_XA"), ("PD_AB", "PA_AB", "PA_BA", "PD_BA")):
+            assert row["terms"][k] == pytest.approx(pair["terms"][pk] * share)  # Eq. 14–17's scale
+            lo, hi = row["ci"]["terms"][k]
+            assert lo <= row["terms"][k] <= hi
+        assert row["ratio"] == pytest.approx(pair["ratio"])  # a common factor leaves a row's ratio as it is
+        assert run.data.metrics[f"{row['key']}_PA_AX"] == pytest.approx(row["terms"]["PA_AX"])
+    note = run.data.tags["mlflow.note.content"]
+    assert "2 models against the reference `toy:small`" in note and describe.ratio_line(noisy) in note
+    assert f"modeldiff: compare toy:small → {copy}: {describe.ratio_line(noisy)}" in res.stdout + res.stderr
+    # bad input: one line, exit 2
+    _fails(capsys, compare, ["--overrides", OVERRIDES, "--models", " "], 'models="m1 m2 m3"')
+    _fails(capsys, compare, ["--overrides", OVERRIDES, "--models", "toy:large toy:small"], "is also in models")
 
 
 def test_cross_eval_page_links_d_to_token_views(chain):

@@ -37,6 +37,7 @@ def test_mlproject_entry_points_follow_the_contract():
         "plagiarism_check": {"model_a", "model_b", "version"},
         "tokendiff": {"model_a", "model_b", "corpus", "column", "text", "measure"},
         "annotate": {"cross_eval_run", "window", "scores"},
+        "compare": {"reference", "models"},
     }
     # the chain can scale out; --quiet: a user error stays one line
     launcher = {"main": "accelerate launch --quiet --config_file {accelerate_config} "}
@@ -95,4 +96,5 @@ REQUIRED = {
     "cross_eval": ["--outdist_run", "r", "--other_model", "m"],
     "normalize": ["--ab_run", "a", "--ba_run", "b"],
     "annotate": ["--cross_eval_run", "r"],
+    "compare": ["--models", "m1 m2"],
 }

@@ -132,6 +132,18 @@ STAGES: tuple[Stage, ...] = (
         launcher="accelerate",
     ),
     Stage(
+        "compare",
+        "compare",
+        "several models against one reference (Appendix B), sharing its sampling and draws",
+        "Compare several models with one reference model (paper Appendix B): one main chain per model, the "
+        "reference sampled once, every row on the scale of the reference's likely inputs, with intervals.",
+        (
+            Param("reference", "", '"" = the config\'s models.a'),
+            Param("models", help='the models to compare with the reference, space-separated: "m1 m2 m3"'),
+        ),
+        None,
+    ),
+    Stage(
         "tokendiff",
         "tokendiff",
         "the token-level view of two models on a corpus or one text (LMdiff)",
