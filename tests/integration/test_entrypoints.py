@@ -324,8 +324,14 @@ def test_compare_runs_one_reference_against_several_models_sharing_its_draws(sto
     assert (reused.data.tags[tracking.MODEL_A], reused.data.tags[tracking.MODEL_B]) == ("toy:small", "toy:large")
     assert MlflowClient().get_run(noisy["main_run"]).data.tags["mlflow.parentRunId"] == run.info.run_id
     pairs = [MlflowClient().get_run(r["main_run"]).data.tags for r in table["rows"]]
-    # A sampled once, and one set of A's draws for both models
-    assert pairs[0]["modeldiff.run.sample_outdist_A"] == pairs[1]["modeldiff.run.sample_outdist_A"]
+    # A is not sampled again: the new pair reuses a finished identical sample_outdist run of A (the module's other
+    # tests may have made several, all alike), and both models score one set of A's draws
+    sampled = MlflowClient().get_run(pairs[1]["modeldiff.run.sample_outdist_A"])
+    assert sampled.info.start_time < run.info.start_time and sampled.data.tags[tracking.MODEL] == "toy:small"
+    assert (
+        sampled.data.tags[tracking.CONFIG_HASH]
+        == (MlflowClient().get_run(pairs[0]["modeldiff.run.sample_outdist_A"]).data.tags[tracking.CONFIG_HASH])
+    )
     draws = [tracking.load_draws(p["modeldiff.run.cross_eval_AB"]) for p in pairs]
     assert draws[0]["representative"].tolist() == draws[1]["representative"].tolist()
     for row, tags in zip(table["rows"], pairs):
