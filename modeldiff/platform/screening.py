@@ -514,7 +514,9 @@ class Screener:
             except subprocess.TimeoutExpired:
                 self.child.kill()
                 rc, timed_out = self.child.wait(), True
-        if self.stopping:  # terminated by a shutdown: left `running`, redone at the next start
+        # terminated by a shutdown (this service's, or a worker's process group being stopped): left `running`,
+        # redone at the next start; a timeout kills with SIGKILL and is a failure below
+        if self.stopping or (not timed_out and rc in (-signal.SIGTERM, -signal.SIGINT)):
             return "running"
         if rc == 0 and self.client.get_model_version(name, version).tags.get(STATUS_TAG) == "done":
             self.stats.count("jobs_done")

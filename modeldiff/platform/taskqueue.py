@@ -60,10 +60,15 @@ async def retry_stalled(context, timestamp: int) -> int:
     manager = context.app.job_manager
     stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=STALLED_AFTER)
     now = datetime.datetime.now(datetime.timezone.utc)
+    retried = 0
     for job in stalled:
         log.warning("job %s (%s) of a worker without heartbeat: back in the queue", job.id, job.task_kwargs)
-        await manager.retry_job_by_id_async(job.id, retry_at=now)
-    return len(stalled)
+        try:
+            await manager.retry_job_by_id_async(job.id, retry_at=now)
+            retried += 1
+        except Exception as e:  # e.g. a newer job of the same version already waits (its queueing lock)
+            log.warning("job %s stays stalled: %s", job.id, e)
+    return retried
 
 
 def make_app(dsn: str) -> procrastinate.App:
