@@ -309,7 +309,6 @@ def _page_data(run_id):
 def test_compare_runs_one_reference_against_several_models_sharing_its_draws(store, chain, capsys):
     """Appendix B: `-e compare` reuses the chain's (toy:small, toy:large) main run, runs one new pair as a child, and
     logs one table whose rows share A's scale (terms = the pair's × the share of A's draws X finds likely)."""
-    parent, _ = chain
     copy = "noise:1e-2:relative:toy:small"
     res = mlflow_run(store, "compare", overrides=OVERRIDES, models=f"toy:large {copy}")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -318,7 +317,11 @@ def test_compare_runs_one_reference_against_several_models_sharing_its_draws(sto
     table = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/tables/compare.json")
     assert table["reference"] == "toy:small" and [r["model"] for r in table["rows"]] == ["toy:large", copy]
     large, noisy = table["rows"]
-    assert large["main_run"] == parent.info.run_id  # the chain's pair, reused
+    # the pair (toy:small, toy:large) was run before (the chain, or another test's identical main): reused, not rerun
+    reused = MlflowClient().get_run(large["main_run"])
+    assert reused.info.status == "FINISHED" and reused.info.start_time < run.info.start_time
+    assert reused.data.tags.get("mlflow.parentRunId") != run.info.run_id
+    assert (reused.data.tags[tracking.MODEL_A], reused.data.tags[tracking.MODEL_B]) == ("toy:small", "toy:large")
     assert MlflowClient().get_run(noisy["main_run"]).data.tags["mlflow.parentRunId"] == run.info.run_id
     pairs = [MlflowClient().get_run(r["main_run"]).data.tags for r in table["rows"]]
     # A sampled once, and one set of A's draws for both models
