@@ -78,7 +78,7 @@ def register(argv) -> int:
 
 
 def screen(argv) -> int:
-    """`modeldiff screen serve|poll|run`: the registry screening service (see modeldiff/platform/screening.py)."""
+    """`modeldiff screen serve|worker|poll|run`: registry screening (see modeldiff/platform/screening.py)."""
     import argparse
     import logging
     import os
@@ -131,6 +131,21 @@ def screen(argv) -> int:
         metavar="URL",
         help="create or update the registry webhook to call URL (e.g. http://127.0.0.1:8765/webhook)",
     )
+    s.add_argument(
+        "--queue",
+        default=os.environ.get("MODELDIFF_QUEUE_DSN", ""),
+        metavar="DSN",
+        help="PostgreSQL database of the task queue (default $MODELDIFF_QUEUE_DSN): queue the jobs for "
+        "`modeldiff screen worker`s instead of running them here",
+    )
+    w = sub.add_parser("worker", parents=[common], help="run the screening jobs of a task queue (team stack)")
+    w.add_argument(
+        "--queue",
+        default=os.environ.get("MODELDIFF_QUEUE_DSN", ""),
+        metavar="DSN",
+        help="PostgreSQL database of the task queue (default $MODELDIFF_QUEUE_DSN)",
+    )
+    w.add_argument("--name", default=None, help="the worker's name in the queue (default modeldiff-<host>)")
     q = sub.add_parser("poll", parents=[common], help="screen unscreened versions by listing the registry")
     q.add_argument("--interval", type=float, default=60.0, help="seconds between registry scans")
     q.add_argument("--once", action="store_true", help="one scan, run its jobs, exit")
@@ -154,7 +169,16 @@ def screen(argv) -> int:
                 args.job_timeout,
                 args.request_timeout,
                 args.max_connections,
+                _queue_screener(args) if args.queue else None,
             )
+        elif args.mode == "worker":
+            if not args.queue:
+                raise ValueError(
+                    "a worker needs the task queue's database: --queue postgresql://... or MODELDIFF_QUEUE_DSN"
+                )
+            from modeldiff.platform import taskqueue
+
+            taskqueue.work(args.queue, args.state_dir, args.name)
         elif args.mode == "poll":
             screening.poll(
                 args.config, args.overrides, args.state_dir, args.interval, args.once, args.experiment, args.job_timeout
@@ -167,6 +191,15 @@ def screen(argv) -> int:
             print(f"{args.version}: {status}")
             return 0 if status == "done" else 1
     return 0
+
+
+def _queue_screener(args):
+    """The service's jobs go to the task queue (PostgreSQL) for `modeldiff screen worker`s."""
+    from modeldiff.platform import taskqueue
+
+    return taskqueue.QueueScreener(
+        args.queue, args.config, args.overrides, args.state_dir, args.experiment, args.job_timeout
+    )
 
 
 def stack(argv) -> int:
@@ -207,6 +240,12 @@ def stack(argv) -> int:
     u.add_argument("--screen-overrides", default="", help="OmegaConf dot-list for the screening checks")
     u.add_argument("--workers", type=int, default=st.DEFAULT_WORKERS, help="mlflow server worker processes")
     u.add_argument(
+        "--screen-workers",
+        type=int,
+        default=st.DEFAULT_SCREEN_WORKERS,
+        help="screening workers: they run the jobs the screening service queues in PostgreSQL (default %(default)s)",
+    )
+    u.add_argument(
         "--allowed-hosts",
         default="",
         help="more Host names the server accepts, comma-separated (e.g. the team's name for this machine)",
@@ -218,7 +257,14 @@ def stack(argv) -> int:
         if args.mode == "up":
             hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
             state = st.up(
-                args.dir, args.port_base, args.listen, args.screen_config, args.screen_overrides, args.workers, hosts
+                args.dir,
+                args.port_base,
+                args.listen,
+                args.screen_config,
+                args.screen_overrides,
+                args.workers,
+                hosts,
+                screen_workers=args.screen_workers,
             )
             print(
                 f"modeldiff stack is up; data in {state['dir']}\n"

@@ -1,5 +1,7 @@
-"""The team stack, defined once: PostgreSQL, `mlflow server` (PostgreSQL backend, proxied artifact store) and the
-screening service (`modeldiff screen serve`, which registers its own registry webhook at start-up).
+"""The team stack, defined once: PostgreSQL, `mlflow server` (PostgreSQL backend, proxied artifact store), the
+screening service (`modeldiff screen serve`, which registers its own registry webhook at start-up and queues one job
+per new version in PostgreSQL) and its workers (`modeldiff screen worker`, procrastinate: any number, on any machine
+that reaches the database; a dead worker's job is taken up by another, modeldiff.platform.taskqueue).
 
 `modeldiff stack up` runs the three on this machine without Docker (PostgreSQL from Debian's packages) with every
 piece of state under one directory, so `up` after `down` keeps the runs, the registry and the secrets;
@@ -34,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]  # the project: the screening service runs its jobs from here
 DB_USER = DB_NAME = "mlflow"
 SECRETS = ("POSTGRES_PASSWORD", "MODELDIFF_WEBHOOK_SECRET", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY")
-ORDER = ("postgres", "mlflow", "screening")  # start order; each waits for the one before it to be healthy
+# start order; each waits for the one before it to be healthy (a worker has no health check: it runs)
+ORDER = ("postgres", "mlflow", "screening", "worker")
+DEFAULT_SCREEN_WORKERS = 2  # screening workers (`modeldiff screen worker`): they run the jobs the service queues
 DEFAULT_PORT_BASE = 5000
 DEFAULT_WORKERS = 2
 # Host headers the server accepts (MLflow's DNS-rebinding guard): MLflow's own defaults, loopback and private
@@ -130,7 +134,8 @@ class Service:
     port: int
     env: dict  # plain environment
     secret_env: dict  # environment variable -> the SECRETS key whose value it takes
-    health: list | str  # a command (argv) that succeeds once ready, or an HTTP path answering 200 on `port`
+    health: list | str | None  # a command (argv) that succeeds once ready, an HTTP path answering 200 on `port`,
+    # or None: running is ready (a worker serves nothing)
     data: list = field(default_factory=list)  # directories the service keeps its state in (volumes under compose)
 
 
@@ -142,9 +147,12 @@ def services(
     workers: int = DEFAULT_WORKERS,
     allowed_hosts: tuple = (),
 ) -> dict:
-    """The three services for these ports and layout, in start order."""
+    """The services for these ports and layout, in start order (the worker's is run as many times as asked)."""
     # the driver named: SQLAlchemy 2.1 takes a bare postgresql:// to mean psycopg 3; the password comes as PGPASSWORD
     backend = f"postgresql+psycopg2://{DB_USER}@{layout.postgres_host}:{ports.postgres}/{DB_NAME}"
+    # the task queue of the screening jobs (procrastinate's tables, in the same database; libpq takes PGPASSWORD)
+    queue = f"postgresql://{DB_USER}@{layout.postgres_host}:{ports.postgres}/{DB_NAME}"
+    checks = ["--config", screen_config, "--overrides", screen_overrides, "--state-dir", layout.state]
     hosts = list(dict.fromkeys((f"{layout.mlflow_host}:{ports.mlflow}", *ALLOWED_HOSTS, *allowed_hosts)))
     out = [
         Service(
@@ -207,19 +215,25 @@ def services(
                 layout.listen,
                 "--port",
                 str(ports.screening),
-                "--config",
-                screen_config,
-                "--overrides",
-                screen_overrides,
-                "--state-dir",
-                layout.state,
+                *checks,
                 "--register-webhook",
                 f"http://{layout.screening_host}:{ports.screening}/webhook",
+                "--queue",
+                queue,
             ],
             ports.screening,
             {"MLFLOW_TRACKING_URI": f"http://{layout.mlflow_host}:{ports.mlflow}", "MODELDIFF_CACHE": layout.cache},
-            {"MODELDIFF_WEBHOOK_SECRET": "MODELDIFF_WEBHOOK_SECRET"},
+            {"MODELDIFF_WEBHOOK_SECRET": "MODELDIFF_WEBHOOK_SECRET", "PGPASSWORD": "POSTGRES_PASSWORD"},
             "/health",
+            [layout.state, layout.cache],
+        ),
+        Service(
+            "worker",
+            ["modeldiff", "screen", "worker", *checks, "--queue", queue],
+            None,
+            {"MLFLOW_TRACKING_URI": f"http://{layout.mlflow_host}:{ports.mlflow}", "MODELDIFF_CACHE": layout.cache},
+            {"PGPASSWORD": "POSTGRES_PASSWORD"},
+            None,
             [layout.state, layout.cache],
         ),
     ]
@@ -227,7 +241,9 @@ def services(
 
 
 def compose_healthcheck(service: Service) -> list:
-    """The service's readiness check as a compose healthcheck `test` (both images have Python)."""
+    """The service's readiness check as a compose healthcheck `test` (both images have Python); None for none."""
+    if service.health is None:
+        return None
     if isinstance(service.health, list):
         return ["CMD", *service.health]
     url = f"http://127.0.0.1:{service.port}{service.health}"
@@ -368,6 +384,8 @@ def _create_database(svc: Service, bin_dir: Path, password: str):
 
 
 def _healthy(svc: Service, bin_dir: Path, host: str = "127.0.0.1") -> bool:
+    if svc.health is None:
+        return True
     if isinstance(svc.health, list):
         return subprocess.run(program(svc.health, bin_dir), capture_output=True).returncode == 0
     try:
@@ -426,13 +444,28 @@ def status(root: Path) -> dict:
     state = read_state(root)
     if state is None:
         raise ValueError(f"no stack in {Path(root).resolve()}: start one with modeldiff stack up --dir {root}")
-    svcs = services(Ports(**state["ports"]), local_layout(root, state["listen"]), **state["settings"])
+    settings = {k: v for k, v in state["settings"].items() if k != "screen_workers"}
+    svcs = services(Ports(**state["ports"]), local_layout(root, state["listen"]), **settings)
     bin_dir = Path(state["postgres_bin"])
     state["running"] = {
-        name: bool(p) and _alive(p) and _healthy(svcs[name], bin_dir, _reach(state["listen"]))
+        name: bool(p) and _alive(p) and _healthy(svcs[_service_of(name)], bin_dir, _reach(state["listen"]))
         for name, p in state["processes"].items()
     }
     return state
+
+
+def _service_of(process: str) -> str:
+    """worker-2 -> worker: the service a process of the stack runs."""
+    return process.rsplit("-", 1)[0] if process.startswith("worker-") else process
+
+
+def instances(screen_workers: int) -> list[str]:
+    """The stack's processes in start order: one per service, `screen_workers` workers."""
+    return [
+        n
+        for name in ORDER
+        for n in ([name] if name != "worker" else [f"worker-{i + 1}" for i in range(screen_workers)])
+    ]
 
 
 def up(
@@ -444,6 +477,7 @@ def up(
     workers: int = DEFAULT_WORKERS,
     allowed_hosts: tuple = (),
     timeout: float = 180.0,
+    screen_workers: int = DEFAULT_SCREEN_WORKERS,
 ) -> dict:
     """Start PostgreSQL, mlflow server and the screening service in the background (each waits for the one before
     to be healthy); returns the state written to DIR/stack.json. Data in DIR is kept from any earlier `up`."""
@@ -474,7 +508,10 @@ def up(
         "workers": workers,
         "allowed_hosts": list(allowed_hosts),
     }
+    if screen_workers < 1:
+        raise ValueError(f"--screen-workers {screen_workers}: the queued screening jobs need at least one worker")
     svcs = services(ports, layout, **settings)
+    settings["screen_workers"] = screen_workers
     _init_postgres(svcs["postgres"], layout, bin_dir, values["POSTGRES_PASSWORD"], user)
     for path in (layout.artifacts, layout.state, layout.cache):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -489,18 +526,18 @@ def up(
         "listen": listen,
         "settings": settings,
         "postgres_bin": str(bin_dir),
-        "processes": {name: None for name in ORDER},
+        "processes": {name: None for name in instances(screen_workers)},
     }
     try:
-        for name in ORDER:
-            svc = svcs[name]
+        for name in instances(screen_workers):
+            svc = svcs[_service_of(name)]
             env = {**os.environ, **svc.env, **{k: values[s] for k, s in svc.secret_env.items()}}
-            if name == "screening":  # the stack's screening runs this very modeldiff
+            if svc.argv[0] == "modeldiff":  # the stack's screening and workers run this very modeldiff
                 env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
             with open(root / "logs" / f"{name}.log", "ab") as log:
                 proc = subprocess.Popen(
                     program(svc.argv, bin_dir),
-                    cwd=ROOT if name == "screening" else root,
+                    cwd=ROOT if svc.argv[0] == "modeldiff" else root,
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -563,7 +600,7 @@ def down(root: Path, grace: float = 30.0) -> list:
     if state is None:
         raise ValueError(f"no stack in {root}: nothing to stop (start one with modeldiff stack up --dir {root})")
     stopped = []
-    for name in reversed(ORDER):
+    for name in reversed(list(state["processes"])):
         proc = state["processes"].get(name)
         if proc and _alive(proc):
             if _stop(proc, name, grace):

@@ -514,7 +514,9 @@ class Screener:
             except subprocess.TimeoutExpired:
                 self.child.kill()
                 rc, timed_out = self.child.wait(), True
-        if self.stopping:  # terminated by a shutdown: left `running`, redone at the next start
+        # terminated by a shutdown (this service's, or a worker's process group being stopped): left `running`,
+        # redone at the next start; a timeout kills with SIGKILL and is a failure below
+        if self.stopping or (not timed_out and rc in (-signal.SIGTERM, -signal.SIGINT)):
             return "running"
         if rc == 0 and self.client.get_model_version(name, version).tags.get(STATUS_TAG) == "done":
             self.stats.count("jobs_done")
@@ -791,8 +793,10 @@ def serve(
     job_timeout: float | None = None,
     request_timeout: float = REQUEST_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
+    screener: Screener | None = None,
 ):
-    """Run until SIGTERM/SIGINT: take the registry's lease, reconcile, then take deliveries and run jobs."""
+    """Run until SIGTERM/SIGINT: take the registry's lease, reconcile, then take deliveries and run jobs (`screener`:
+    another way to run them, e.g. modeldiff.platform.taskqueue.QueueScreener, which queues them for workers)."""
     if not secret:
         raise ValueError(
             "the screening service needs the webhook secret: set MODELDIFF_WEBHOOK_SECRET (the same "
@@ -800,7 +804,7 @@ def serve(
         )
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    screener = Screener(config, overrides, state_dir, experiment, job_timeout)
+    screener = screener or Screener(config, overrides, state_dir, experiment, job_timeout)
     deliveries = DeliveryLog(state_dir / "deliveries.sqlite", tolerance)
     handler = make_handler(screener, deliveries, secret, tolerance, request_timeout)
     server = ScreeningServer((host, port), handler, max_connections, screener.stats)

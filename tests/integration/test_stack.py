@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,8 +19,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from modeldiff.config import load_config
+from modeldiff.models import load_model
 from modeldiff.ops import stack
-from modeldiff.platform.screening import COUNTERPART_TAG, STATUS_TAG, VERDICT_TAG, WEBHOOK_NAME
+from modeldiff.platform.model_registry import register_model
+from modeldiff.platform.screening import (
+    COUNTERPART_TAG,
+    EXPERIMENT,
+    SCREENED_TAG,
+    STATUS_TAG,
+    VERDICT_TAG,
+    WEBHOOK_NAME,
+)
 from support import ROOT, artifacts, ratio_of
 from support.browser import start_browser
 from support.chains import ARTIFACTS
@@ -275,20 +285,112 @@ def test_registered_noise_copy_is_tagged_by_the_stacks_screening(live, lineage):
     assert lineage["suspect"][COUNTERPART_TAG] == "models:/parent/1"
     hooks = [w for w in MlflowClient().list_webhooks() if w.name == WEBHOOK_NAME]
     assert [w.url for w in hooks] == [f"{live['state']['screening_url']}/webhook"]
-    # both deliveries came from MLflow, signed (the service counts a job done just after its tags are written)
-    health = wait_for(
-        lambda: (h := get_json(f"{live['state']['screening_url']}/health"))["jobs_done"] >= 2 and h,
-        60,
-        "the service to count both jobs",
-    )
-    assert health["deliveries_accepted"] == 2 and health["deliveries_rejected"] == 0 and health["jobs_done"] == 2
+    # both deliveries came from MLflow, signed; the service queued one job each for the workers, which ran them
+    health = get_json(f"{live['state']['screening_url']}/health")
+    assert health["deliveries_accepted"] == 2 and health["deliveries_rejected"] == 0 and health["jobs_queued"] == 2
+    # a job's tags are written just before it returns and procrastinate records it succeeded
+    jobs = wait_for(lambda: (j := _queue_jobs(live)) and "doing" not in j and "todo" not in j and j, 30, "jobs to end")
+    assert jobs == {"succeeded": 2}
+
+
+def _queue_jobs(live) -> dict:
+    """The screening jobs in procrastinate's table, counted by status."""
+    import psycopg
+
+    password = stack.load_secrets(live["root"])["POSTGRES_PASSWORD"]
+    with psycopg.connect(live["state"]["postgres_uri"], password=password) as conn:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM procrastinate_jobs WHERE task_name = 'modeldiff:screen_version' "
+            "GROUP BY status"
+        ).fetchall()
+    return {status: n for status, n in rows}
+
+
+def _starts_per_job(live) -> list[int]:
+    """How many times each screening job was started (procrastinate's events), sorted."""
+    import psycopg
+
+    password = stack.load_secrets(live["root"])["POSTGRES_PASSWORD"]
+    with psycopg.connect(live["state"]["postgres_uri"], password=password) as conn:
+        rows = conn.execute(
+            "SELECT count(e.id) FROM procrastinate_jobs j LEFT JOIN procrastinate_events e "
+            "ON e.job_id = j.id AND e.type = 'started' WHERE j.task_name = 'modeldiff:screen_version' GROUP BY j.id"
+        ).fetchall()
+    return sorted(n for (n,) in rows)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of a process's children (Linux /proc)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                out.append((int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.integration
+def test_a_burst_is_screened_exactly_once_when_a_worker_is_killed_mid_job(live, lineage):
+    """Two workers on the queue, a burst of three registrations, one worker SIGKILLed while it runs a job: the other
+    worker takes the dead one's job up (its heartbeat stopped), every version ends with one finished check run (an
+    interrupted one, if it had started, KILLED), and no job is left waiting or running."""
+    client, cfg = MlflowClient(), load_config("toy", OVERRIDES)
+    refs = {
+        "burst-seed": "toy:small:seed=1",
+        "burst-copy": "noise:1e-3:relative:toy:small:seed=1",
+        "burst-large": "toy:large",
+    }
+    for ref in refs.values():  # train (and cache) first, so the registrations come in a burst
+        load_model(ref, cfg)
+    for name, ref in refs.items():
+        register_model(ref, name, cfg)
+    workers = {n: p["pid"] for n, p in live["state"]["processes"].items() if n.startswith("worker-")}
+    assert len(workers) == 2
+
+    def busy():
+        for name, pid in workers.items():
+            if any("entrypoints.plagiarism_check" in cmd for _, cmd in _children(pid)):
+                return name
+        return None
+
+    victim = wait_for(busy, 300, "a worker to run a screening job")
+    os.kill(workers[victim], signal.SIGKILL)  # its job's process dies with it (PR_SET_PDEATHSIG)
+
+    def screened(name):
+        tags = client.get_model_version(name, "1").tags
+        return tags.get(STATUS_TAG) in ("done", "failed") and tags
+
+    results = {name: wait_for(lambda n=name: screened(n), 600, f"models:/{name}/1 to be screened") for name in refs}
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    killed = 0
+    for name, tags in results.items():
+        assert tags[STATUS_TAG] == "done", (name, tags)
+        runs = client.search_runs([exp], f"tags.`{SCREENED_TAG}` = '{name}/1'")
+        statuses = [r.info.status for r in runs]
+        assert statuses.count("FINISHED") == 1 and set(statuses) <= {"FINISHED", "KILLED"}, (name, statuses)
+        killed += statuses.count("KILLED")
+    # the dead worker's job ran again, on the other worker: one job started twice. Its first check run is KILLED
+    # when the worker was killed after that run was created (not when it died while the check started up)
+    assert killed <= 1
+    assert _starts_per_job(live) == [1, 1, 1, 1, 2]
+    assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
+    assert results["burst-copy"][VERDICT_TAG] == "suspected_copy_of"
+    assert results["burst-copy"][COUNTERPART_TAG] == "models:/burst-seed/1"
+    # every job ran to its end once; none waits or runs (the periodic stall check is not a screening job)
+    jobs = wait_for(lambda: (j := _queue_jobs(live)) and "doing" not in j and "todo" not in j and j, 30, "jobs to end")
+    assert jobs == {"succeeded": 5}
 
 
 @pytest.mark.integration
 def test_down_stops_every_process_and_up_again_keeps_the_data(live, chains, lineage):
     before = json.loads((live["root"] / "stack.json").read_text())
     res = _cli("down", "--dir", str(live["root"]), env=live["env"])
-    assert res.returncode == 0 and "stopped screening, mlflow, postgres" in res.stdout, res.stderr
+    assert res.returncode == 0 and "screening, mlflow, postgres" in res.stdout, res.stderr
     for name, proc in before["processes"].items():
         assert not stack._alive(proc), name
     assert all(stack._port_free(p) for p in before["ports"].values())
@@ -297,7 +399,13 @@ def test_down_stops_every_process_and_up_again_keeps_the_data(live, chains, line
     res = _cli(*live["up"], env=live["env"])  # the same directory: same database, artifacts and secrets
     assert res.returncode == 0, res.stderr[-3000:]
     status = json.loads(_cli("status", "--dir", str(live["root"]), env=live["env"]).stdout)
-    assert status["running"] == {"postgres": True, "mlflow": True, "screening": True}
+    assert status["running"] == {
+        "postgres": True,
+        "mlflow": True,
+        "screening": True,
+        "worker-1": True,
+        "worker-2": True,
+    }
     client = MlflowClient()
     for parent_id in chains.values():
         assert client.get_run(parent_id).info.status == "FINISHED"

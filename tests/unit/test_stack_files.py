@@ -72,9 +72,9 @@ def test_compose_runs_the_stacks_services():
     for i, (name, svc) in enumerate(want.items()):
         got = compose_service(name)
         assert got["command"] == svc.argv, name
-        assert container_ports(got) == {svc.port}, name
+        assert container_ports(got) == {svc.port} - {None}, name
         assert got["environment"] == {**svc.env, **{k: f"<{s}>" for k, s in svc.secret_env.items()}}, name
-        assert got["healthcheck"]["test"] == stack.compose_healthcheck(svc), name
+        assert got.get("healthcheck", {}).get("test") == stack.compose_healthcheck(svc), name
         targets = [v.split(":", 1)[1] for v in got["volumes"]]
         for path in svc.data:  # every directory the service keeps state in is on a named volume
             assert any(path == t or path.startswith(t + "/") for t in targets), (name, path)
@@ -95,6 +95,7 @@ def test_compose_runs_the_stacks_services():
         allowed_hosts=("mlflow.lab:5000", "10.1.2.3:5000"),
     )
     assert compose_service("screening", settings)["command"] == custom["screening"].argv
+    assert compose_service("worker", settings)["command"] == custom["worker"].argv
     assert (
         compose_service("mlflow", settings)["environment"]["MLFLOW_SERVER_ALLOWED_HOSTS"]
         == custom["mlflow"].env["MLFLOW_SERVER_ALLOWED_HOSTS"]
@@ -102,7 +103,14 @@ def test_compose_runs_the_stacks_services():
     # without Docker, the same commands bind loopback and keep every byte under the stack's directory
     local = stack.services(stack.Ports.from_base(7000), stack.local_layout(Path("/srv/st")))
     assert all(p.startswith("/srv/st/") for s in local.values() for p in s.data)
-    assert [s.port for s in local.values()] == [7002, 7000, 7001]
+    assert [s.port for s in local.values()] == [7002, 7000, 7001, None]
+    # the service queues, the workers run: both on the stack's database, the password from the environment only
+    queue = "postgresql://mlflow@127.0.0.1:7002/mlflow"
+    assert local["screening"].argv[-2:] == ["--queue", queue] and local["worker"].argv[-2:] == ["--queue", queue]
+    assert local["worker"].argv[:3] == ["modeldiff", "screen", "worker"]
+    assert local["worker"].secret_env == {"PGPASSWORD": "POSTGRES_PASSWORD"}
+    assert compose_service("worker", {"MODELDIFF_SCREEN_WORKERS": "5"})["deploy"]["replicas"] in (5, "5")
+    assert stack.instances(3) == ["postgres", "mlflow", "screening", "worker-1", "worker-2", "worker-3"]
     assert "listen_addresses=127.0.0.1" in local["postgres"].argv and "127.0.0.1" in local["mlflow"].argv
     assert local["screening"].env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:7000"
     assert stack.program(local["mlflow"].argv, Path("/pg"))[:3] == [sys.executable, "-m", "mlflow"]
