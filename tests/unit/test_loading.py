@@ -15,7 +15,7 @@ import torch
 
 from modeldiff.config import ConfigError, config_hash, load_config
 from modeldiff.models import check_comparable, load_model
-from modeldiff.models.derive import add_weight_noise
+from modeldiff.models.derive import add_weight_noise, prune_smallest, requantise
 from modeldiff.models.huggingface import load_hub
 from support import TINY, logits
 
@@ -174,6 +174,41 @@ def test_weight_noise_magnitude_and_tied_weights(relative):
         400 * 32,
         "wte",
     )
+
+
+def test_pruning_zeroes_the_smallest_tenth_of_every_matrix_and_keeps_vectors():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=400, n_embd=32, n_layer=1, n_head=2, n_positions=16))
+    base = {k: v.detach().clone() for k, v in model.named_parameters()}
+    prune_smallest(model, 0.10)
+    for name, p in model.named_parameters():
+        before, after = base[name], p.detach()
+        if before.dim() != 2:
+            assert torch.equal(before, after), name
+            continue
+        zeroed = (after == 0) & (before != 0)
+        # exactly the entries at or below the 10% magnitude quantile (continuous weights: no ties)
+        assert zeroed.sum().item() == int(0.10 * before.numel()), name
+        assert before[zeroed].abs().max() < before[~zeroed].abs().min(), name
+        assert torch.equal(after[~zeroed], before[~zeroed]), name
+
+
+def test_requantising_to_q8_0_moves_each_weight_by_at_most_half_a_step_of_its_block():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=400, n_embd=32, n_layer=1, n_head=2, n_positions=16))
+    base = {k: v.detach().clone() for k, v in model.named_parameters()}
+    requantise(model, "Q8_0")
+    w0, w1 = base["transformer.h.0.attn.c_attn.weight"], model.transformer.h[0].attn.c_attn.weight.detach()
+    # Q8_0: blocks of 32 along a row, each w = d·q with d = max|w|/127 stored in float16 and q an integer: half a
+    # step of rounding, plus up to 127 times d's own float16 rounding (relative 2^-11)
+    blocks0, blocks1 = w0.reshape(-1, 32), w1.reshape(-1, 32)
+    step = blocks0.abs().max(1, keepdim=True).values / 127
+    err = (blocks1 - blocks0).abs()
+    assert 0 < err.max() and (err <= step * (0.5 + 127 * 2**-11) + 1e-9).all()
+    assert (err / step).max() > 0.4  # and the rounding is real: some weight moves by nearly half a step
+    assert torch.equal(model.transformer.h[0].ln_1.weight, base["transformer.h.0.ln_1.weight"])  # vectors kept
 
 
 def test_noise_refs_are_deterministic_per_seed(cache):
