@@ -15,7 +15,10 @@ effectively distinct inputs, not draws: all draws of one input share its D).
   with a Wilson interval at the effective number of inputs. A side is "dominated" when the lower bound of its q exceeds
   `dominated` (set above every unrelated pair of the calibration, since a strictly better model dominates too).
 - Independent (black box) only when the functions differ by more than the copy regimes allow: the lower bound of the
-  relative median |D| above `distinct` and neither side dominated. Otherwise the black box abstains.
+  relative median |D| above `distinct` and neither side dominated. Otherwise the black box abstains. A copy damaged
+  further than any copy of the calibration looks independent to the black box: on held-out SmolLM2, the σ = 1e-1
+  copy (0.9 nats a token worse on SmolLM2's inputs, and better on its own) has a relative |D| of 8
+  (benchmarks/plagiarism_calibration.py); the white box still names it.
 - Direction, with its own evidence: the dominated side is the copy; else the balance of D over both sides' inputs,
   mean_A(D) + mean_B(D) with D = z_A − z_B: selection pushes the two means in opposite directions by about the same
   amount, while the parent, at the optimum its copy was pushed away from, has the lower NLL on both sides, so the sum
@@ -309,7 +312,10 @@ def _black_box_text(bb: BlackBox, thresholds: Thresholds) -> str:
     if bb.near_identical:
         return f"the two functions nearly coincide: {closeness} (<= {thresholds.near_identical:g})"
     if bb.distinct:
-        return f"the two functions differ more than a copy's would: {closeness} (> {thresholds.distinct:g})"
+        return (
+            f"the two functions differ more than a calibrated copy's would: {closeness} (> {thresholds.distinct:g}); "
+            "a copy damaged further than that (SmolLM2 with 10% weight noise) looks the same to the black box"
+        )
     return (
         f"the black box is not decisive: {closeness}, neither <= {thresholds.near_identical:g} (near copies) nor "
         f"> {thresholds.distinct:g} (farther apart than copies); the other model wins on A's inputs "
