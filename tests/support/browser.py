@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from support import missing_system_part
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -139,13 +139,11 @@ class Chromium:
 
 
 def start_browser(profile) -> Chromium:
-    """Chromium, or a failure (MODELDIFF_REQUIRE_BROWSER=1, as in CI) or a skip with what to install."""
+    """Chromium, or a failure where it is required (as in CI) or a skip with what to install."""
     if not os.access(CHROMIUM, os.X_OK):
         why = (
             f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
             "(apt-get install -y --no-install-recommends chromium)"
         )
-        if os.environ.get("MODELDIFF_REQUIRE_BROWSER") == "1":
-            pytest.fail(why + "; MODELDIFF_REQUIRE_BROWSER=1 makes that a failure")
-        pytest.skip(why)
+        missing_system_part(why)
     return Chromium(profile)
