@@ -139,7 +139,7 @@ class Chromium:
 
 
 def start_browser(profile) -> Chromium:
-    """Chromium, or a failure where it is required (as in CI) or a skip with what to install."""
+    """Chromium, or a failure that says how to install it."""
     if not os.access(CHROMIUM, os.X_OK):
         why = (
             f"{CHROMIUM} is missing: the browser tests need Debian's chromium "
