@@ -296,29 +296,31 @@ def test_registered_noise_copy_is_tagged_by_the_stacks_screening(live, lineage):
     assert jobs == {"succeeded": 2}
 
 
-def _queue_jobs(live) -> dict:
-    """The screening jobs in procrastinate's table, counted by status."""
+def _queue_rows(live, sql: str) -> list[tuple]:
+    """Rows of a query on the stack's PostgreSQL (procrastinate's tables live there)."""
     import psycopg
 
     password = stack.load_secrets(live["root"])["POSTGRES_PASSWORD"]
     with psycopg.connect(live["state"]["postgres_uri"], password=password) as conn:
-        rows = conn.execute(
-            "SELECT status, count(*) FROM procrastinate_jobs WHERE task_name = 'modeldiff:screen_version' "
-            "GROUP BY status"
-        ).fetchall()
+        return conn.execute(sql).fetchall()
+
+
+def _queue_jobs(live) -> dict:
+    """The screening jobs in procrastinate's table, counted by status."""
+    rows = _queue_rows(
+        live,
+        "SELECT status, count(*) FROM procrastinate_jobs WHERE task_name = 'modeldiff:screen_version' GROUP BY status",
+    )
     return {status: n for status, n in rows}
 
 
 def _starts_per_job(live) -> list[int]:
     """How many times each screening job was started (procrastinate's events), sorted."""
-    import psycopg
-
-    password = stack.load_secrets(live["root"])["POSTGRES_PASSWORD"]
-    with psycopg.connect(live["state"]["postgres_uri"], password=password) as conn:
-        rows = conn.execute(
-            "SELECT count(e.id) FROM procrastinate_jobs j LEFT JOIN procrastinate_events e "
-            "ON e.job_id = j.id AND e.type = 'started' WHERE j.task_name = 'modeldiff:screen_version' GROUP BY j.id"
-        ).fetchall()
+    rows = _queue_rows(
+        live,
+        "SELECT count(e.id) FROM procrastinate_jobs j LEFT JOIN procrastinate_events e "
+        "ON e.job_id = j.id AND e.type = 'started' WHERE j.task_name = 'modeldiff:screen_version' GROUP BY j.id",
+    )
     return sorted(n for (n,) in rows)
 
 
