@@ -244,7 +244,11 @@ def lineage(server, service):
     """A parent and its noise copy, registered one after the other; each screened through MLflow's webhook."""
     register_model("toy:small", "parent", cfg())
     register_model(COPY, "suspect", cfg())
-    return screened("parent"), screened("suspect")
+    tags = screened("parent"), screened("suspect")
+    # `done` is tagged inside the check's run, which ends just after: wait until the service has counted both jobs, so
+    # no test starts while the suspect's job is still finishing (a run seen RUNNING, a job counted late)
+    wait_for(lambda: service.health()["jobs_done"] >= 2, 60, "the service to finish both jobs")
+    return tags
 
 
 def test_noise_copy_is_tagged_suspected_copy_of_its_parent(lineage, service):
